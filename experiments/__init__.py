@@ -1,0 +1,1 @@
+"""Hydra entry points: simulate, score, report, intrinsic, perplexity, train."""

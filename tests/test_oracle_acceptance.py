@@ -1,0 +1,62 @@
+"""Acceptance: the oracle solves every intent through ``env.step``; wrong replies never earn reward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assistants.scripted import OracleAssistant, WrongAssistant
+from userlm_env import ConversationEnv
+from userlm_env.intents import load_gsm8k_jsonl, load_humaneval
+
+
+def _play(env: ConversationEnv, intent_id: str, assistant: object) -> tuple[float, dict]:
+    env.reset(seed=0, options={"intent_id": intent_id})
+    total, done, info = 0.0, False, {}
+    while not done:
+        reply = assistant.respond([env.state])[0]  # type: ignore[attr-defined]
+        _, reward, terminated, truncated, info = env.step(reply)
+        total += reward
+        done = terminated or truncated
+    return total, info
+
+
+@pytest.fixture(scope="module")
+def humaneval_env() -> ConversationEnv:
+    env = ConversationEnv(simulator="sharded", intents=load_humaneval(), max_turns=16)
+    yield env
+    env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+def test_oracle_solves_all_164_humaneval_intents(humaneval_env: ConversationEnv) -> None:
+    failures = []
+    for intent in humaneval_env.intents:
+        total, info = _play(humaneval_env, intent.task_id, OracleAssistant())
+        if total != 1.0 or info["termination_reason"] != "solved":
+            failures.append((intent.task_id, info.get("score_detail")))
+    assert len(humaneval_env.intents) == 164
+    assert failures == []
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+def test_wrong_code_never_earns_reward(humaneval_env: ConversationEnv) -> None:
+    rewarded = []
+    for intent in humaneval_env.intents:
+        total, info = _play(humaneval_env, intent.task_id, WrongAssistant())
+        if total != 0.0:
+            rewarded.append(intent.task_id)
+        assert info["termination_reason"] in ("user_ended", "max_turns")
+    assert rewarded == []
+
+
+@pytest.mark.slow
+def test_oracle_solves_first_300_gsm8k_and_wrong_numbers_never_do(gsm8k_path: Path) -> None:
+    intents = load_gsm8k_jsonl(gsm8k_path, limit=300)
+    env = ConversationEnv(simulator="sharded", intents=intents, max_turns=16)
+    solved = [_play(env, i.task_id, OracleAssistant())[0] for i in intents]
+    wrong = [_play(env, i.task_id, WrongAssistant())[0] for i in intents]
+    assert len(intents) == 300 and solved == [1.0] * 300 and wrong == [0.0] * 300

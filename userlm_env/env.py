@@ -1,0 +1,203 @@
+"""``ConversationEnv``: one conversation between a simulated user and the agent (the assistant)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+
+from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore, StepOutcome
+from userlm_env.errors import EpisodeStateError, UnknownNameError
+from userlm_env.metrics.shards import ShardMatcher
+from userlm_env.spaces import UnicodeText
+from userlm_env.types import ConversationState, Intent
+
+__all__ = ["ConversationEnv", "SourceSpec", "build_simulator", "load_env_intents"]
+
+#: A source of intents: a registered name, or ``{"name": ..., **kwargs}``.
+SourceSpec = str | Mapping[str, Any]
+#: Longest observation (user turn) the observation space admits.
+MAX_OBSERVATION_CHARS = 8_192
+
+
+def load_env_intents(
+    sources: Sequence[SourceSpec] = (), data_path: str | Path | None = None
+) -> list[Intent]:
+    """Intents from a data file (``.jsonl``: GSM8k format, ``.json``: Lost-in-Conversation) or,
+    without one, from the named sources in order. A source's ``limit`` keeps its first N."""
+    from userlm_env.intents import load_intents
+
+    if data_path is not None:
+        source = "gsm8k" if str(data_path).endswith(".jsonl") else "lic"
+        return load_intents(source, data_path=str(data_path))
+    intents: list[Intent] = []
+    for spec in sources:
+        name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], dict(spec))
+        kwargs.pop("name", None)
+        limit = kwargs.pop("limit", None)
+        intents.extend(load_intents(name, **kwargs)[:limit])
+    return intents
+
+
+def build_simulator(simulator: Any, kwargs: Mapping[str, Any] | None = None) -> Any:
+    """A simulator object from a registered name (built with ``kwargs``) or an object as is."""
+    if isinstance(simulator, str):
+        from simulators import make_simulator
+
+        return make_simulator(simulator, **dict(kwargs or {}))
+    if kwargs:
+        raise ValueError("simulator_kwargs only apply when simulator is given by name")
+    return simulator
+
+
+class ConversationEnv(gym.Env[str, str]):
+    """A multi-turn conversation with a simulated user who pursues a hidden intent.
+
+    ## Description
+    Each episode draws an *intent* (a sharded GSM8k math problem or HumanEval coding problem).
+    The environment's dynamics are a user simulator (by default a User Language Model) that
+    reveals the intent gradually, in its own words, and may end the conversation. The agent is
+    the assistant: it observes user turns and acts by replying.
+
+    ## Action Space
+    ``UnicodeText(max_reply_chars)``: the assistant's reply, any Unicode ``str`` of at most
+    ``max_reply_chars`` characters (default 32,768). The empty string is a valid reply that
+    attempts nothing. A non-``str`` raises ``TypeError``; a longer reply raises
+    :class:`~userlm_env.errors.ReplyTooLongError`. Neither changes the episode.
+
+    ## Observation Space
+    ``UnicodeText(8192)``: the simulated user's latest turn. When the episode ends the
+    observation is ``"<|endconversation|>"``.
+
+    ## Rewards
+    The task's verifiable reward for the reply just given: 1.0 for the first reply that solves
+    the task (correct final number; code passing the unit tests in the sandbox), else 0.0.
+
+    ## Starting State
+    ``reset(seed=..., options={"intent_id": "HumanEval/0"})`` starts on that intent, or on one
+    drawn uniformly with ``np_random``; the first user turn is the observation.
+
+    ## Episode End
+    Termination: the reply solves the task (``"solved"``), or the user ends the conversation
+    (``"user_ended"``). Truncation: ``max_turns`` replies were given (``"max_turns"``).
+
+    ## Information
+    ``reset`` and ``step`` return ``info`` with: ``messages`` (the conversation in OpenAI chat
+    format), ``turn`` (user turns so far), ``intent_id``, ``task``, ``attempted``, ``solved``
+    and ``score_detail`` (for the reply just scored), ``solved_any``, ``termination_reason``
+    (``None`` while running), ``revealed_shards`` (ids revealed so far), ``coverage`` (their
+    fraction of the intent's shards), ``user_ended``, ``user_turn_metadata`` (simulator facts,
+    e.g. guardrail tries) and ``episode_index`` (earlier episodes on this intent in this env
+    since the last ``reset`` with an explicit ``seed``, which starts a fresh history so that
+    the same seed always gives the same episode and ``info``).
+
+    ## Arguments
+    * ``simulator``: a name from :data:`simulators.SIMULATORS` (``"userlm"``, ``"sharded"``,
+      ``"prompted"``...) or a simulator object. Default ``"userlm"`` (``microsoft/UserLM-8b``).
+    * ``simulator_kwargs``: keyword arguments for a simulator given by name.
+    * ``sources``: intent sources (``"humaneval"``, ``"gsm_symbolic"``, ``{"name": "gsm8k",
+      "data_path": ...}``); ``data_path``: a GSM8k ``.jsonl`` or Lost-in-Conversation ``.json``
+      file, used instead of ``sources``; ``intents``: a list of :class:`Intent`, used instead of
+      both. The intents are public as ``env.unwrapped.intents``.
+    * ``max_turns``: replies allowed per episode (default 8).
+    * ``max_reply_chars``: the action-size limit.
+    * ``matcher``: a :class:`ShardMatcher` for simulators that do not report their shards.
+    * ``render_mode``: ``"ansi"`` renders the transcript as text.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        simulator: Any = "userlm",
+        *,
+        simulator_kwargs: Mapping[str, Any] | None = None,
+        sources: Sequence[SourceSpec] = ("humaneval",),
+        data_path: str | Path | None = None,
+        intents: Sequence[Intent] | None = None,
+        max_turns: int = 8,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+        matcher: ShardMatcher | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
+        self.intents: list[Intent] = (
+            list(intents) if intents is not None else load_env_intents(sources, data_path)
+        )
+        if not self.intents:
+            raise ValueError("the environment needs at least one intent")
+        self._by_id = {intent.task_id: intent for intent in self.intents}
+        self.simulator = build_simulator(simulator, simulator_kwargs)
+        self.core = ConversationCore(
+            self.simulator, max_turns=max_turns, matcher=matcher, max_reply_chars=max_reply_chars
+        )
+        self.render_mode = render_mode
+        self.action_space = UnicodeText(max_reply_chars)
+        self.observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
+        self.state: ConversationState | None = None
+        self._episodes_per_intent: Counter[str] = Counter()
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Start a conversation; returns the first user turn and ``info``."""
+        super().reset(seed=seed)
+        if seed is not None:  # a new seed starts a new experiment: forget the episode history
+            self._episodes_per_intent.clear()
+        intent = self._pick_intent(options or {})
+        state = ConversationState(
+            intent=intent,
+            seed=int(self.np_random.integers(2**31 - 1)),
+            episode_index=self._episodes_per_intent[intent.task_id],
+        )
+        outcome = self.core.start([state])[0]
+        self.state = state
+        self._episodes_per_intent[intent.task_id] += 1
+        return outcome.observation, self._info(outcome)
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Score the assistant reply ``action`` and return the next user turn."""
+        if self.state is None:
+            raise EpisodeStateError("step() called before reset(): call reset() first")
+        outcome = self.core.advance([self.state], [action])[0]
+        return (
+            outcome.observation,
+            outcome.reward,
+            outcome.terminated,
+            outcome.truncated,
+            self._info(outcome),
+        )
+
+    def render(self) -> str | None:
+        """The transcript as text (``render_mode="ansi"``)."""
+        if self.render_mode != "ansi" or self.state is None:
+            return None
+        return "\n".join(f"[{m['role']}] {m['content']}" for m in self.state.messages)
+
+    def close(self) -> None:
+        """Release the tasks' resources (sandbox workers)."""
+        for task in self.core.tasks.values():
+            closer = getattr(task, "close", None)
+            if callable(closer):
+                closer()
+        super().close()
+
+    def _pick_intent(self, options: Mapping[str, Any]) -> Intent:
+        intent_id = options.get("intent_id")
+        if intent_id is None:
+            return self.intents[int(self.np_random.integers(len(self.intents)))]
+        try:
+            return self._by_id[intent_id]
+        except KeyError:
+            raise UnknownNameError(f"no intent with id {intent_id!r} in this environment") from None
+
+    def _info(self, outcome: StepOutcome) -> dict[str, Any]:
+        assert self.state is not None
+        return {**outcome.info, "episode_index": self.state.episode_index}

@@ -1,0 +1,411 @@
+"""LLM sharder: a chat model splits an instruction into shards; the reply is validated.
+
+:class:`LLMSharder` sends each instruction with a sharding prompt through the library's LLM
+client (:class:`userlm_env.llm.LLMClient`, or anything with ``config.model`` and
+``chat_many``), checks the JSON reply with :func:`validate_shards`, feeds the validation error
+back and asks again (up to ``max_tries`` replies per instruction), and caches accepted shards on
+disk as JSON files keyed by the SHA-256 of model, task, instruction and prompt version.
+
+:func:`validate_shards` is pure: it parses the reply and checks that it has 3 to 10 shards with
+ids 1..n, that no shard repeats another (containment or high word overlap), that together they
+cover the instruction (every number, most content words) and that shard 1 states the goal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Protocol
+
+from userlm_env.errors import DataError
+from userlm_env.types import Message, Shard
+
+__all__ = [
+    "MAX_OVERLAP",
+    "MIN_WORD_COVERAGE",
+    "PROMPT_VERSION",
+    "LLMSharder",
+    "sharding_messages",
+    "validate_shards",
+]
+
+#: Bump when the prompt changes: it is part of the cache key.
+PROMPT_VERSION = "1"
+#: Share of the instruction's distinct content words the shards must contain.
+MIN_WORD_COVERAGE = 0.7
+#: Highest Jaccard overlap of two shards' content words before they count as repeats.
+MAX_OVERLAP = 0.6
+_MIN_SHARDS, _MAX_SHARDS = 3, 10
+
+_TASK_KINDS = {"gsm8k": "math", "math": "math", "humaneval": "code", "code": "code"}
+_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+_WORD = re.compile(r"[a-z]+")
+_STOPWORDS = frozenset(
+    """the a an and or but if then than that this these those there their they them it its of
+    to in on at by for from with as is are was were be been being has have had do does did will
+    would can could should shall may might must not no so such what which who whom whose when
+    where why how all any each other some into onto over under about after before per also just
+    only very your you our we he she his her him i me my""".split()  # noqa: SIM905
+)
+_MATH_GOAL = re.compile(r"\?|\b(?:how|what|which|who|find|calculate|compute|determine)\b", re.I)
+_CODE_GOAL = re.compile(r"\b(?:function|write|implement|code|program|return|returns)\b", re.I)
+_DEF_NAME = re.compile(r"\bdef\s+([A-Za-z_]\w*)\s*\(|`([A-Za-z_]\w*)\(")
+
+_SYSTEM_PROMPT = """\
+You prepare tasks for a study of multi-turn conversations, in which a user reveals a task bit by \
+bit. Split the instruction you are given into shards. A shard is one atomic piece of \
+information from the instruction, written as a short sentence the user could say.
+
+Rules:
+1. Shard 1 states the overall goal: the question to answer for a math problem; for a coding \
+task, what the function must do, with the function's name.
+2. Every other shard adds exactly one fact, condition, constraint, edge case or example.
+3. Shards never repeat or contain each other.
+4. Taken together, the shards carry everything in the instruction: keep every number, name \
+and condition, in the instruction's own words where possible.
+5. Use at least 3 and at most 10 shards, numbered 1, 2, 3, ... in order.
+6. "required" is true when the task cannot be solved without the shard, and false for shards \
+that only help (examples, obvious details). Shard 1 is always required.
+
+Answer with a single JSON object and nothing else, in this form:
+{"shards": [{"id": 1, "text": "...", "required": true},
+            {"id": 2, "text": "...", "required": false}]}"""
+
+_TASK_HINTS = {
+    "math": "This is a math word problem. Every fact needed to compute the answer is required.",
+    "code": "This is a Python coding task. Examples of inputs with their outputs are not "
+    "required; requirements and edge cases are.",
+}
+
+
+class _ModelConfig(Protocol):
+    model: str
+
+
+class _Result(Protocol):
+    text: str
+
+
+class ChatClient(Protocol):
+    """What the sharder needs from an LLM client (:class:`userlm_env.llm.LLMClient` fits)."""
+
+    config: _ModelConfig
+
+    def chat_many(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        seeds: Sequence[int | None] | None = None,
+        **params: Any,
+    ) -> Sequence[_Result]: ...
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ies", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _content_words(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
+def _task_kind(task: str | None) -> str | None:
+    if task is None:
+        return None
+    try:
+        return _TASK_KINDS[task]
+    except KeyError:
+        known = ", ".join(sorted(_TASK_KINDS))
+        raise ValueError(f"unknown task {task!r}; known: {known}") from None
+
+
+def validate_shards(payload: str, instruction: str, task: str | None = None) -> tuple[Shard, ...]:
+    """Parse and check an LLM's sharding reply for ``instruction``.
+
+    ``payload`` is a JSON object ``{"shards": [{"id": 1, "text": ..., "required": true}, ...]}``,
+    possibly inside a Markdown code fence or after a line of prose. ``task`` (``"gsm8k"``/
+    ``"math"`` or ``"humaneval"``/``"code"``) sharpens the check that shard 1 states the goal.
+
+    Raises:
+        DataError: with the precise reason: not JSON, wrong shape, not 3-10 shards, ids not
+            1..n, an empty or non-string text, a non-boolean ``required``, two shards that
+            repeat each other, a number or too many words of the instruction missing, or a
+            shard 1 that is not a required statement of the goal.
+    """
+    kind = _task_kind(task)
+    shards = _parse_shards(payload)
+    _check_distinct(shards)
+    _check_coverage(shards, instruction)
+    _check_goal(shards[0], instruction, kind)
+    return shards
+
+
+def _parse_shards(payload: str) -> tuple[Shard, ...]:
+    items = _shard_items(_json_object(payload))
+    shards = tuple(_shard(item, position) for position, item in enumerate(items, start=1))
+    ids = [s.id for s in shards]
+    if ids != list(range(1, len(ids) + 1)):
+        raise DataError(f"shard ids must be 1..{len(ids)} in order, got {ids}")
+    return shards
+
+
+def _json_object(payload: str) -> dict[str, Any]:
+    start, end = payload.find("{"), payload.rfind("}")
+    if start < 0 or end < start:
+        raise DataError("the reply contains no JSON object")
+    try:
+        value = json.loads(payload[start : end + 1])
+    except json.JSONDecodeError as exc:
+        raise DataError(f"the reply is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise DataError("the reply's JSON is not an object")
+    return value
+
+
+def _shard_items(value: Mapping[str, Any]) -> list[Any]:
+    items = value.get("shards")
+    if not isinstance(items, list):
+        raise DataError('the JSON object needs a "shards" list')
+    if not _MIN_SHARDS <= len(items) <= _MAX_SHARDS:
+        raise DataError(f"expected {_MIN_SHARDS} to {_MAX_SHARDS} shards, got {len(items)}")
+    return items
+
+
+def _shard(item: Any, position: int) -> Shard:
+    if not isinstance(item, dict):
+        raise DataError(f"shard #{position} is not an object")
+    shard_id, text, required = item.get("id"), item.get("text"), item.get("required", True)
+    if not isinstance(shard_id, int) or isinstance(shard_id, bool):
+        raise DataError(f'shard #{position} needs an integer "id", got {shard_id!r}')
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f'shard {shard_id} needs a non-empty string "text"')
+    if not isinstance(required, bool):
+        raise DataError(f'shard {shard_id}: "required" must be true or false, got {required!r}')
+    return Shard(id=shard_id, text=text.strip(), required=required)
+
+
+def _check_distinct(shards: Sequence[Shard]) -> None:
+    """No shard's text inside another's, and no two shards sharing most of their words."""
+    for a, b in combinations(shards, 2):
+        text_a, text_b = " ".join(a.text.lower().split()), " ".join(b.text.lower().split())
+        if text_a in text_b or text_b in text_a:
+            raise DataError(f"shards {a.id} and {b.id} repeat each other (one contains the other)")
+        words_a, words_b = _content_words(a.text), _content_words(b.text)
+        union = words_a | words_b
+        overlap = len(words_a & words_b) / len(union) if union else 0.0
+        if overlap > MAX_OVERLAP:
+            raise DataError(
+                f"shards {a.id} and {b.id} overlap too much ({overlap:.0%} of their words are "
+                f"shared; at most {MAX_OVERLAP:.0%}): each shard must add new information"
+            )
+
+
+def _check_coverage(shards: Sequence[Shard], instruction: str) -> None:
+    """Every number and at least MIN_WORD_COVERAGE of the content words reappear."""
+    joined = " ".join(s.text for s in shards)
+    missing_numbers = sorted(_numbers(instruction) - _numbers(joined))
+    if missing_numbers:
+        raise DataError(f"the shards leave out numbers of the instruction: {missing_numbers}")
+    wanted = _content_words(instruction)
+    if not wanted:
+        return
+    missing = sorted(wanted - _content_words(joined))
+    coverage = 1 - len(missing) / len(wanted)
+    if coverage < MIN_WORD_COVERAGE:
+        raise DataError(
+            f"the shards cover only {coverage:.0%} of the instruction's content words "
+            f"(at least {MIN_WORD_COVERAGE:.0%} needed); missing: {', '.join(missing[:12])}"
+        )
+
+
+def _check_goal(first: Shard, instruction: str, kind: str | None) -> None:
+    """Shard 1 is required and asks the question (math) or names the function's job (code)."""
+    if not first.required:
+        raise DataError("shard 1 states the goal and must be required")
+    name = _function_name(instruction) if kind != "math" else None
+    if name and name in first.text:
+        return
+    patterns = {"math": (_MATH_GOAL,), "code": (_CODE_GOAL,), None: (_MATH_GOAL, _CODE_GOAL)}
+    if not any(p.search(first.text) for p in patterns[kind]):
+        what = {"math": "the question", "code": "what the function must do"}.get(kind, "the goal")
+        raise DataError(f"shard 1 must state {what}; got {first.text!r}")
+    if name:
+        raise DataError(f"shard 1 must name the function {name!r}; got {first.text!r}")
+
+
+def _function_name(instruction: str) -> str | None:
+    """The function a code instruction asks for (its first ``def`` or backticked call)."""
+    match = _DEF_NAME.search(instruction)
+    return (match[1] or match[2]) if match else None
+
+
+# --------------------------------------------------------------------------- prompting
+
+
+def sharding_messages(instruction: str, task: str) -> list[Message]:
+    """The chat messages that ask a model to shard ``instruction`` (a ``task`` problem)."""
+    kind = _task_kind(task)
+    hint = _TASK_HINTS[kind] if kind else ""
+    user = f"{hint}\n\nInstruction:\n<<<\n{instruction}\n>>>".strip()
+    return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _feedback(error: DataError) -> Message:
+    return {
+        "role": "user",
+        "content": f"That answer was rejected: {error}. Reply again with the corrected JSON "
+        "object only.",
+    }
+
+
+# --------------------------------------------------------------------------- the sharder
+
+
+class LLMSharder:
+    """Shards instructions with an LLM, validating, retrying with feedback, and caching.
+
+    Args:
+        client: The LLM client (``config.model`` and ``chat_many``).
+        cache_dir: Folder for cached results (created on first write); ``None``: no cache.
+        max_tries: Replies requested per instruction before giving up (>= 1).
+        seed: Base sampling seed; try ``k`` uses ``seed + k`` (``None``: unseeded).
+        params: Extra parameters for every ``chat_many`` call (``temperature``...).
+    """
+
+    def __init__(
+        self,
+        client: ChatClient,
+        cache_dir: Path | None = None,
+        max_tries: int = 3,
+        *,
+        seed: int | None = 0,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        self.client = client
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_tries = max_tries
+        self.seed = seed
+        self.params = dict(params or {})
+
+    def shard(self, intent_text: str, task: str) -> tuple[Shard, ...]:
+        """Shard one instruction of ``task`` (``"gsm8k"``/``"math"``, ``"humaneval"``/``"code"``).
+
+        Raises:
+            DataError: no valid reply within ``max_tries`` (carries the last validation error).
+            LLMCallError: the client failed (propagated from the client).
+        """
+        return self.shard_many([intent_text], task)[0]
+
+    def shard_many(
+        self, intent_texts: Sequence[str], tasks: str | Sequence[str]
+    ) -> list[tuple[Shard, ...]]:
+        """Shard many instructions, batching the LLM calls of each try into one ``chat_many``.
+
+        ``tasks`` is one task for all instructions or one per instruction. Results accepted
+        before a failure are cached, so a rerun only asks again for the failed ones.
+
+        Raises:
+            DataError: some instruction got no valid reply within ``max_tries``.
+            LLMCallError: the client failed (propagated from the client).
+        """
+        task_list = [tasks] * len(intent_texts) if isinstance(tasks, str) else list(tasks)
+        if len(task_list) != len(intent_texts):
+            raise ValueError(f"got {len(intent_texts)} instructions but {len(task_list)} tasks")
+        pairs = zip(intent_texts, task_list, strict=True)
+        results = [self._cached(text, task) for text, task in pairs]
+        pending = {
+            i: sharding_messages(text, task_list[i])
+            for i, text in enumerate(intent_texts)
+            if results[i] is None
+        }
+        errors = self._run_tries(pending, intent_texts, task_list, results)
+        if pending:
+            first = min(pending)
+            raise DataError(
+                f"LLM sharding failed for {len(pending)} instruction(s) after {self.max_tries} "
+                f"tries; instruction {first}: {errors[first]}"
+            )
+        return [r for r in results if r is not None]
+
+    def _run_tries(
+        self,
+        pending: dict[int, list[Message]],
+        texts: Sequence[str],
+        tasks: Sequence[str],
+        results: list[tuple[Shard, ...] | None],
+    ) -> dict[int, DataError]:
+        """Ask, validate and re-ask with feedback; removes solved items from ``pending``."""
+        errors: dict[int, DataError] = {}
+        for attempt in range(self.max_tries):
+            if not pending:
+                break
+            order = sorted(pending)
+            seeds = [None if self.seed is None else self.seed + attempt] * len(order)
+            replies = self.client.chat_many([pending[i] for i in order], seeds=seeds, **self.params)
+            for i, reply in zip(order, replies, strict=True):
+                try:
+                    results[i] = validate_shards(reply.text, texts[i], tasks[i])
+                except DataError as error:
+                    errors[i] = error
+                    pending[i] = [*pending[i], {"role": "assistant", "content": reply.text}]
+                    pending[i].append(_feedback(error))
+                    continue
+                self._store(texts[i], tasks[i], results[i])
+                del pending[i]
+        return errors
+
+    # ---- cache
+
+    def _cache_path(self, instruction: str, task: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = json.dumps(
+            [self.client.config.model, _task_kind(task), instruction, PROMPT_VERSION],
+            ensure_ascii=False,
+        )
+        return self.cache_dir / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
+
+    def _cached(self, instruction: str, task: str) -> tuple[Shard, ...] | None:
+        path = self._cache_path(instruction, task)
+        if path is None or not path.exists():
+            return None
+        try:
+            payload = path.read_text(encoding="utf-8")
+            return validate_shards(payload, instruction, task)
+        except (OSError, DataError) as exc:
+            raise DataError(f"corrupt sharding cache file {path}: {exc}; delete it") from exc
+
+    def _store(self, instruction: str, task: str, shards: tuple[Shard, ...]) -> None:
+        path = self._cache_path(instruction, task)
+        if path is None:
+            return
+        record = {
+            "model": self.client.config.model,
+            "task": _task_kind(task),
+            "prompt_version": PROMPT_VERSION,
+            "instruction": instruction,
+            "shards": [{"id": s.id, "text": s.text, "required": s.required} for s in shards],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
+        ) as handle:
+            json.dump(record, handle, ensure_ascii=False, indent=2)
+        os.replace(handle.name, path)

@@ -1,0 +1,210 @@
+"""Leaf data types shared by every part of userlm-env.
+
+Nothing here imports from the rest of the package, so any module (simulators, assistants,
+tasks, metrics, experiments) can depend on these types without import cycles.
+
+* :class:`Shard` and :class:`Intent` describe *what the simulated user wants*: a fully specified
+  instruction plus the atomic units of information ("shards") it decomposes into.
+* :class:`UserTurn` is what a simulator produces for one conversation at one step.
+* :class:`Score` is the verdict of a task's verifiable reward on one assistant reply.
+* :class:`ConversationState` holds *all* per-conversation state, so simulators and assistants
+  stay stateless and can serve a batch of conversations in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypedDict
+
+__all__ = [
+    "END_MARKER",
+    "ConversationState",
+    "Intent",
+    "Message",
+    "Role",
+    "Score",
+    "Shard",
+    "UserTurn",
+]
+
+#: The token a user simulator emits to end a conversation (paper section 2.1).
+END_MARKER = "<|endconversation|>"
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(TypedDict):
+    """One chat message in OpenAI format."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One atomic unit of information of an intent.
+
+    Attributes:
+        id: 1-based position; shard 1 states the overall goal.
+        text: The information, phrased as the user could say it.
+        required: Whether the assistant needs it to solve the task (examples are not).
+    """
+
+    id: int
+    text: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A task the simulated user pursues.
+
+    Attributes:
+        task: Name of the verifiable task that scores replies (``"gsm8k"`` or ``"humaneval"``).
+        task_id: Stable identifier, e.g. ``"HumanEval/0"``, ``"gsm8k/17"``.
+        instruction: The fully specified, single-turn instruction.
+        shards: The sharded instruction; together the shards carry ``instruction``.
+        reference: Task data for scoring (``{"answer": "18"}`` for math; ``prompt``, ``test``,
+            ``entry_point`` and ``canonical_solution`` for code). Read-only.
+    """
+
+    task: str
+    task_id: str
+    instruction: str
+    shards: tuple[Shard, ...]
+    reference: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ValueError(f"intent {self.task_id!r} has no shards")
+        object.__setattr__(self, "shards", tuple(self.shards))
+        object.__setattr__(self, "reference", MappingProxyType(dict(self.reference)))
+
+    @property
+    def required_ids(self) -> frozenset[int]:
+        """Ids of the shards the assistant needs to solve the task."""
+        return frozenset(s.id for s in self.shards if s.required)
+
+    def shard(self, shard_id: int) -> Shard:
+        """Return the shard with this id (``KeyError`` if absent)."""
+        for s in self.shards:
+            if s.id == shard_id:
+                return s
+        raise KeyError(shard_id)
+
+    @property
+    def system_prompt(self) -> str:
+        """The high-level intent as a UserLM is conditioned on it (paper appendix D.3)."""
+        return (
+            "You are a user chatting with an assistant language model to complete the "
+            f"following: {self.instruction}"
+        )
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    """One simulated user turn.
+
+    Attributes:
+        text: What the user says; the end marker when ``ended`` is true. Never empty.
+        ended: The user ended the conversation instead of speaking.
+        shard_ids: Shards this turn reveals, when the simulator knows them (the rule-based one
+            does); ``None`` lets a shard matcher decide.
+        metadata: Simulator-specific facts (tries spent by guardrails, raw text, cost ...).
+    """
+
+    text: str
+    ended: bool = False
+    shard_ids: tuple[int, ...] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or (not self.ended and not self.text.strip()):
+            raise ValueError(
+                "a user turn must carry non-empty text unless it ends the conversation"
+            )
+
+
+@dataclass(frozen=True)
+class Score:
+    """Verdict of a verifiable reward on one assistant reply.
+
+    Attributes:
+        attempted: The reply contains an answer attempt (a number, a function).
+        solved: The attempt is correct.
+        reward: The RL reward for this reply (1.0 when solved, else 0.0 by default).
+        detail: A short human-readable reason ("wrong answer 17 != 18", "timeout").
+    """
+
+    attempted: bool
+    solved: bool
+    reward: float
+    detail: str = ""
+
+
+@dataclass
+class ConversationState:
+    """Everything about one conversation in progress.
+
+    Simulators and assistants read it but keep nothing of their own between calls.
+
+    Attributes:
+        intent: What the user wants.
+        seed: Per-conversation seed drawn from the env's ``np_random`` at reset; samplers
+            derive per-turn seeds from it with :meth:`turn_seed`.
+        messages: User and assistant messages so far (OpenAI format, no system message).
+        user_turns: The simulator's turns so far, aligned with the user messages.
+        scores: The task's score for each assistant reply so far.
+        revealed: For each user turn, the shard ids it revealed.
+        episode_index: How many episodes on this intent the env ran before this one.
+        termination_reason: ``None`` while the episode runs, else why it ended
+            (``"solved"``, ``"user_ended"``, ``"max_turns"``).
+    """
+
+    intent: Intent
+    seed: int
+    messages: list[Message] = field(default_factory=list)
+    user_turns: list[UserTurn] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+    revealed: list[tuple[int, ...]] = field(default_factory=list)
+    episode_index: int = 0
+    termination_reason: str | None = None
+
+    @property
+    def turn(self) -> int:
+        """Number of user turns so far (the first user turn is turn 1)."""
+        return len(self.user_turns)
+
+    @property
+    def revealed_ids(self) -> frozenset[int]:
+        """Every shard id revealed so far."""
+        return frozenset(i for ids in self.revealed for i in ids)
+
+    @property
+    def solved(self) -> bool:
+        """Whether any assistant reply so far solved the task."""
+        return any(s.solved for s in self.scores)
+
+    @property
+    def started(self) -> bool:
+        """Whether the first user turn was produced."""
+        return bool(self.user_turns)
+
+    @property
+    def over(self) -> bool:
+        """Whether the episode has ended."""
+        return self.termination_reason is not None
+
+    @property
+    def last_reply(self) -> str | None:
+        """The latest assistant reply, if any."""
+        for message in reversed(self.messages):
+            if message["role"] == "assistant":
+                return message["content"]
+        return None
+
+    def turn_seed(self) -> int:
+        """A seed for sampling the next user turn: fixed by ``seed`` and the turn index."""
+        return (self.seed * 1_000_003 + self.turn) % (2**31 - 1)

@@ -1,0 +1,166 @@
+"""``ConversationVectorEnv``: N conversations advanced by one batched simulator call per step."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore, StepOutcome
+from userlm_env.env import MAX_OBSERVATION_CHARS, SourceSpec, build_simulator, load_env_intents
+from userlm_env.errors import EpisodeStateError
+from userlm_env.metrics.shards import ShardMatcher
+from userlm_env.spaces import UnicodeText
+from userlm_env.types import ConversationState, Intent
+
+__all__ = ["ConversationVectorEnv"]
+
+
+class ConversationVectorEnv(VectorEnv):
+    """``num_envs`` conversations stepped together; the batched face of ``ConversationEnv``.
+
+    Build it with ``gym.make_vec("userlm_env/GSM8k-v0", num_envs=N,
+    vectorization_mode="vector_entry_point", simulator=...)`` or directly. Spaces, rewards,
+    episode ends and per-env ``info`` keys are those of :class:`userlm_env.ConversationEnv`
+    (``info`` is batched the Gymnasium way: one array per key plus a ``_key`` mask). Every
+    ``step`` makes one batched assistant-reply scoring pass per task and *one* simulator call for
+    all conversations that continue.
+
+    ## Autoreset
+    ``metadata["autoreset_mode"]`` is :attr:`AutoresetMode.SAME_STEP` by default: an episode
+    that ends in ``step`` is reset in that same call; the returned observation is the new
+    episode's first user turn and the ended episode's last observation and info are in
+    ``info["final_obs"]`` / ``info["final_info"]``. So every reply passed to ``step`` is scored
+    by the episode it was written for; Gymnasium's next-step mode, which silently ignores the
+    action after an episode ends, would drop an assistant reply. With
+    ``autoreset_mode=AutoresetMode.DISABLED`` ended conversations stay ended: stepping them
+    raises :class:`EpisodeStateError` until ``reset(options={"reset_mask": mask})``.
+
+    ## Seeding
+    ``reset(seed=s)`` seeds env ``i`` with ``s + i`` (or ``seed[i]`` for a list): the intents
+    drawn and the per-conversation sampling seeds follow from it.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int,
+        simulator: Any = "userlm",
+        *,
+        simulator_kwargs: Mapping[str, Any] | None = None,
+        sources: Sequence[SourceSpec] = ("humaneval",),
+        data_path: str | Path | None = None,
+        intents: Sequence[Intent] | None = None,
+        max_turns: int = 8,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+        matcher: ShardMatcher | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
+    ) -> None:
+        mode = AutoresetMode(autoreset_mode)
+        if mode == AutoresetMode.NEXT_STEP:
+            raise ValueError("NEXT_STEP autoreset would drop a reply; use SAME_STEP or DISABLED")
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self.num_envs = num_envs
+        self.intents = list(intents) if intents is not None else load_env_intents(sources, data_path)
+        if not self.intents:
+            raise ValueError("the environment needs at least one intent")
+        self.simulator = build_simulator(simulator, simulator_kwargs)
+        self.core = ConversationCore(
+            self.simulator, max_turns=max_turns, matcher=matcher, max_reply_chars=max_reply_chars
+        )
+        self.single_action_space = UnicodeText(max_reply_chars)
+        self.single_observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.states: list[ConversationState | None] = [None] * num_envs
+        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._episodes_per_intent: Counter[str] = Counter()
+
+    def reset(
+        self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """Start conversations (all, or those in ``options["reset_mask"]``)."""
+        options = dict(options or {})
+        mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)))
+        self._seed(seed)
+        indices = [i for i in range(self.num_envs) if mask[i]]
+        outcomes = self._start(indices)
+        observations = [s.user_turns[-1].text if s else "" for s in self.states]
+        infos: dict[str, Any] = {}
+        for i in indices:
+            infos = self._add_info(infos, self._info(i, outcomes[i]), i)
+        return tuple(observations), infos
+
+    def step(
+        self, actions: Sequence[str]
+    ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Score one reply per conversation; start new episodes where one ended (same step)."""
+        if len(actions) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
+        if any(s is None for s in self.states):
+            raise EpisodeStateError("step() called before reset(): call reset() first")
+        states = [s for s in self.states if s is not None]
+        outcomes = self.core.advance(states, list(actions))
+        rewards = np.array([o.reward for o in outcomes], dtype=np.float64)
+        terminated = np.array([o.terminated for o in outcomes], dtype=np.bool_)
+        truncated = np.array([o.truncated for o in outcomes], dtype=np.bool_)
+        observations = [o.observation for o in outcomes]
+        infos: dict[str, Any] = {}
+        ended = [i for i, o in enumerate(outcomes) if o.done]
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and ended:
+            fresh = self._start(ended)
+            for i in ended:
+                final_info = self._info(i, outcomes[i], states[i])
+                outcomes[i] = fresh[i]
+                outcomes[i].info.update(final_obs=observations[i], final_info=final_info)
+                observations[i] = fresh[i].observation
+        for i, outcome in enumerate(outcomes):
+            infos = self._add_info(infos, self._info(i, outcome), i)
+        return tuple(observations), rewards, terminated, truncated, infos
+
+    def _seed(self, seed: int | Sequence[int] | None) -> None:
+        if seed is None:
+            return
+        self._episodes_per_intent.clear()  # a new seed starts a new experiment
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
+        self._rngs = [seeding.np_random(int(s))[0] for s in seeds]
+
+    def _start(self, indices: Sequence[int]) -> dict[int, StepOutcome]:
+        states = [self._new_state(i) for i in indices]
+        outcomes = self.core.start(states)
+        for i, state in zip(indices, states, strict=True):
+            self.states[i] = state
+            self._episodes_per_intent[state.intent.task_id] += 1
+        return dict(zip(indices, outcomes, strict=True))
+
+    def _new_state(self, index: int) -> ConversationState:
+        rng = self._rngs[index]
+        intent = self.intents[int(rng.integers(len(self.intents)))]
+        return ConversationState(
+            intent=intent,
+            seed=int(rng.integers(2**31 - 1)),
+            episode_index=self._episodes_per_intent[intent.task_id],
+        )
+
+    def _info(
+        self, index: int, outcome: StepOutcome, state: ConversationState | None = None
+    ) -> dict[str, Any]:
+        state = state or self.states[index]
+        assert state is not None
+        return {**outcome.info, "episode_index": state.episode_index}
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Release the tasks' resources (sandbox workers)."""
+        for task in self.core.tasks.values():
+            closer = getattr(task, "close", None)
+            if callable(closer):
+                closer()
