@@ -17,8 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from experiments.run_info import write_run_info
 from userlm_env.core import ConversationCore
-from userlm_env.rollout import JsonlWriter, make_jobs, read_records, run_episodes
+from userlm_env.rollout import JsonlWriter, first_per_task, make_jobs, read_records, run_episodes
 from userlm_env.summary import format_table, summarize
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def simulate(cfg: DictConfig, out_dir: Path) -> str:
     """Run the configured episodes (skipping ones already in the results file); return the table."""
-    intents = instantiate(cfg.task)
+    intents = first_per_task(instantiate(cfg.task), cfg.max_intents_per_task)
     simulator = instantiate(cfg.simulator)
     assistant = instantiate(cfg.assistant)
     results = out_dir / cfg.results_file
@@ -44,6 +45,7 @@ def simulate(cfg: DictConfig, out_dir: Path) -> str:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_run_info(out_dir)
     table = simulate(cfg, out_dir)
     print(table)
     print(f"\nresults: {out_dir / cfg.results_file}")

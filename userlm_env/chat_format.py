@@ -45,9 +45,7 @@ class ChatTemplateError(UserLMEnvError, ValueError):
     """A tokenizer has no usable chat template, or the conversation cannot be rendered."""
 
 
-def render_user_prompt(
-    tokenizer: Any, intent_text: str | None, messages: Sequence[Message]
-) -> str:
+def render_user_prompt(tokenizer: Any, intent_text: str | None, messages: Sequence[Message]) -> str:
     """Render the prompt from which a User LM writes the next user message.
 
     Args:

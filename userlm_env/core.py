@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from userlm_env.errors import EpisodeStateError, ReplyTooLongError, UserLMEnvError
+from userlm_env.labels import HeuristicLabeler, ReplyLabeler
 from userlm_env.metrics.shards import LexicalShardMatcher, ShardMatcher
 from userlm_env.tasks import Task, make_task
 from userlm_env.types import END_MARKER, ConversationState, Message, Score, UserTurn
@@ -39,7 +40,7 @@ DEFAULT_MAX_REPLY_CHARS = 32_768
 _FIRST_TURN_TRIES = 3
 
 
-_Mark = tuple[int, int, int, int, str | None]
+_Mark = tuple[int, int, int, int, int, str | None]
 
 
 def _mark(state: ConversationState) -> _Mark:
@@ -49,6 +50,7 @@ def _mark(state: ConversationState) -> _Mark:
         len(state.user_turns),
         len(state.scores),
         len(state.revealed),
+        len(state.reply_labels),
         state.termination_reason,
     )
 
@@ -90,6 +92,7 @@ class ConversationCore:
         matcher: Maps user turns to the shards they reveal when the simulator does not say.
         tasks: Scorers by task name; missing ones are built from the task registry.
         max_reply_chars: Longest accepted assistant reply, in characters.
+        labeler: Labels each reply (answer attempt, clarification...); heuristic by default.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class ConversationCore:
         matcher: ShardMatcher | None = None,
         tasks: Mapping[str, Task] | None = None,
         max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+        labeler: ReplyLabeler | None = None,
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
@@ -108,6 +112,7 @@ class ConversationCore:
         self.matcher = matcher or LexicalShardMatcher()
         self.tasks: dict[str, Task] = dict(tasks or {})
         self.max_reply_chars = max_reply_chars
+        self.labeler = labeler or HeuristicLabeler()
 
     # ------------------------------------------------------------------ public API
     def start(self, states: Sequence[ConversationState]) -> list[StepOutcome]:
@@ -184,9 +189,11 @@ class ConversationCore:
         for state, reply in zip(states, replies, strict=True):
             state.messages.append(Message(role="assistant", content=reply))
         scores = self.score(states, replies)
+        labels = self.labeler.label_many(replies, scores)
         need_turn: list[ConversationState] = []
-        for state, score in zip(states, scores, strict=True):
+        for state, score, label in zip(states, scores, labels, strict=True):
             state.scores.append(score)
+            state.reply_labels.append(label)
             if score.solved:
                 self._end(state, TerminationReason.SOLVED)
             elif len(state.scores) >= self.max_turns:
@@ -244,7 +251,8 @@ class ConversationCore:
         del state.user_turns[mark[1] :]
         del state.scores[mark[2] :]
         del state.revealed[mark[3] :]
-        state.termination_reason = mark[4]
+        del state.reply_labels[mark[4] :]
+        state.termination_reason = mark[5]
 
     def _outcome(self, state: ConversationState, score: Score | None) -> StepOutcome:
         reason = state.termination_reason
@@ -264,6 +272,7 @@ class ConversationCore:
         Keys: ``messages`` (OpenAI chat format, copied), ``turn`` (user turns so far),
         ``intent_id``, ``task``, ``attempted``/``solved``/``score_detail`` (of the reply just
         scored; ``False``/``False``/``""`` at reset), ``solved_any`` (any reply so far),
+        ``reply_label`` (of the reply just scored; ``None`` at reset),
         ``termination_reason`` (``None`` while running, else ``"solved"``, ``"user_ended"``
         or ``"max_turns"``), ``revealed_shards`` (sorted ids revealed so far), ``coverage``
         (their fraction of all shards), ``user_ended``, ``user_turn_metadata``.
@@ -278,6 +287,7 @@ class ConversationCore:
             "solved": bool(score and score.solved),
             "score_detail": score.detail if score else "",
             "solved_any": state.solved,
+            "reply_label": state.reply_labels[-1] if score else None,
             "termination_reason": reason,
             "revealed_shards": revealed,
             "coverage": len(revealed) / len(state.intent.shards),

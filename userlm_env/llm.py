@@ -200,30 +200,39 @@ class LLMClient:
         conversations: Sequence[Sequence[Message]],
         *,
         seeds: Sequence[int | None] | None = None,
+        return_exceptions: bool = False,
         **params: Any,
-    ) -> list[LLMResult]:
-        """Chat completions of many conversations, concurrently; results keep their order."""
+    ) -> list[Any]:
+        """Chat completions of many conversations, concurrently; results keep their order.
+
+        With ``return_exceptions=True`` a failed call yields its :class:`LLMCallError` in its
+        place instead of failing the batch (the other calls still complete).
+        """
         seeds = _check_seeds(seeds, len(conversations))
         calls = [
             functools.partial(self.achat, c, seed=s, **params)
             for c, s in zip(conversations, seeds, strict=True)
         ]
-        return self._run_sync(calls)
+        return self._run_sync(calls, return_exceptions)
 
     def complete_many(
         self,
         prompts: Sequence[str],
         *,
         seeds: Sequence[int | None] | None = None,
+        return_exceptions: bool = False,
         **params: Any,
-    ) -> list[LLMResult]:
-        """Text completions of many prompts, concurrently; results keep their order."""
+    ) -> list[Any]:
+        """Text completions of many prompts, concurrently; results keep their order.
+
+        ``return_exceptions`` works as in :meth:`chat_many`.
+        """
         seeds = _check_seeds(seeds, len(prompts))
         calls = [
             functools.partial(self.acomplete, p, seed=s, **params)
             for p, s in zip(prompts, seeds, strict=True)
         ]
-        return self._run_sync(calls)
+        return self._run_sync(calls, return_exceptions)
 
     async def aclose(self) -> None:
         """Close the HTTP client bound to the running event loop, if any."""
@@ -232,19 +241,29 @@ class LLMClient:
         if resources is not None:
             await resources.aclose()
 
-    def _run_sync(self, calls: Sequence[Callable[[], Awaitable[_T]]]) -> list[_T]:
+    def _run_sync(
+        self, calls: Sequence[Callable[[], Awaitable[_T]]], return_exceptions: bool = False
+    ) -> list[Any]:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._gather(calls))
+            return asyncio.run(self._gather(calls, return_exceptions))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="userlm-llm") as pool:
-            return pool.submit(lambda: asyncio.run(self._gather(calls))).result()
+            return pool.submit(lambda: asyncio.run(self._gather(calls, return_exceptions))).result()
 
-    async def _gather(self, calls: Sequence[Callable[[], Awaitable[_T]]]) -> list[_T]:
+    async def _gather(
+        self, calls: Sequence[Callable[[], Awaitable[_T]]], return_exceptions: bool
+    ) -> list[Any]:
         try:
-            return list(await asyncio.gather(*(call() for call in calls)))
+            results = await asyncio.gather(
+                *(call() for call in calls), return_exceptions=return_exceptions
+            )
         finally:
             await self.aclose()
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # never swallow KeyboardInterrupt / cancellation
+        return list(results)
 
     def _params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         base = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}

@@ -257,7 +257,9 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _alternatives(name: str) -> str:
@@ -344,13 +346,17 @@ def _write_cache(entry: Path, tokenizer: Any, model: Any, *, source: str) -> Non
         _discard(entry)
         tmp.rename(entry)
     except OSError as error:
-        logger.warning("could not write model cache %s (%s); next load converts again", entry, error)
+        logger.warning(
+            "could not write model cache %s (%s); next load converts again", entry, error
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_manifest(folder: Path, source: str) -> None:
     files = {
-        str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
     manifest = {"source": source, "files": files, "created": time.time()}
     (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -24,6 +24,7 @@ __all__ = [
     "EpisodeJob",
     "EpisodeRecord",
     "JsonlWriter",
+    "first_per_task",
     "make_jobs",
     "read_records",
     "record_of",
@@ -62,12 +63,27 @@ class EpisodeRecord:
     revealed: list[list[int]]
     messages: list[dict[str, str]]
     user_turn_metadata: list[dict[str, Any]] = field(default_factory=list)
+    reply_labels: list[str] = field(default_factory=list)
+    cost: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """One JSON line."""
         return json.dumps(asdict(self), ensure_ascii=False, default=str)
+
+
+def first_per_task(intents: Sequence[Intent], limit: int | None) -> list[Intent]:
+    """The first ``limit`` intents of each task (all of them when ``limit`` is ``None``)."""
+    if limit is None:
+        return list(intents)
+    seen: dict[str, int] = {}
+    kept = []
+    for intent in intents:
+        seen[intent.task] = seen.get(intent.task, 0) + 1
+        if seen[intent.task] <= limit:
+            kept.append(intent)
+    return kept
 
 
 def make_jobs(intents: Sequence[Intent], n_per_intent: int, seed: int = 0) -> list[EpisodeJob]:
@@ -95,6 +111,7 @@ def record_of(job: EpisodeJob, state: ConversationState, error: str | None = Non
         revealed=[list(ids) for ids in state.revealed],
         messages=[dict(m) for m in state.messages],
         user_turn_metadata=[dict(t.metadata) for t in state.user_turns],
+        reply_labels=list(state.reply_labels),
         error=error,
     )
 
@@ -107,30 +124,105 @@ def run_episodes(
     batch_size: int = 16,
     on_done: Callable[[EpisodeRecord], None] | None = None,
 ) -> list[EpisodeRecord]:
-    """Run every job to its end and return the records in completion order."""
+    """Run every job to its end and return the records in completion order.
+
+    A failure confined to one episode (an assistant row that came back as an exception, a
+    simulator call that fails for that conversation alone) ends that episode with ``error`` set;
+    the others go on. When a batched call fails, its conversations are retried one by one to
+    find which ones fail.
+    """
+    runner = _Runner(core, assistant, on_done)
     queue = list(jobs)
     queue.reverse()
-    active: list[tuple[EpisodeJob, ConversationState]] = []
-    records: list[EpisodeRecord] = []
+    while queue or runner.active:
+        fresh = [queue.pop() for _ in range(min(batch_size - len(runner.active), len(queue)))]
+        runner.start(fresh)
+        runner.step()
+    return runner.records
 
-    def finish(job: EpisodeJob, state: ConversationState) -> None:
-        record = record_of(job, state)
-        records.append(record)
-        if on_done is not None:
-            on_done(record)
 
-    while queue or active:
-        fresh = [queue.pop() for _ in range(min(batch_size - len(active), len(queue)))]
-        if fresh:
-            states = [ConversationState(intent=j.intent, seed=j.seed) for j in fresh]
-            core.start(states)
-            active.extend(zip(fresh, states, strict=True))
-        replies = assistant.respond([state for _, state in active])
-        core.advance([state for _, state in active], replies)
-        for job, state in [pair for pair in active if pair[1].over]:
-            finish(job, state)
-        active = [pair for pair in active if not pair[1].over]
-    return records
+class _Runner:
+    """The in-flight conversations of :func:`run_episodes` and their book-keeping."""
+
+    def __init__(
+        self,
+        core: ConversationCore,
+        assistant: Any,
+        on_done: Callable[[EpisodeRecord], None] | None,
+    ) -> None:
+        self.core, self.assistant, self.on_done = core, assistant, on_done
+        self.active: list[tuple[EpisodeJob, ConversationState]] = []
+        self.records: list[EpisodeRecord] = []
+        self.costs: dict[str, float | None] = {}
+
+    def start(self, jobs: Sequence[EpisodeJob]) -> None:
+        pairs = [(j, ConversationState(intent=j.intent, seed=j.seed)) for j in jobs]
+        started = self._isolate(pairs, lambda batch: self.core.start([s for _, s in batch]))
+        self.active.extend(started)
+
+    def step(self) -> None:
+        replies = self.assistant.respond([state for _, state in self.active])
+        self._add_costs(getattr(self.assistant, "last_costs", None))
+        ok, ok_replies = [], []
+        for pair, reply in zip(self.active, replies, strict=True):
+            if isinstance(reply, BaseException):
+                self._finish(*pair, error=_describe(reply))
+            else:
+                ok.append(pair)
+                ok_replies.append(reply)
+        by_state = {id(state): reply for (_, state), reply in zip(ok, ok_replies, strict=True)}
+
+        def advance(batch: list[tuple[EpisodeJob, ConversationState]]) -> None:
+            self.core.advance([s for _, s in batch], [by_state[id(s)] for _, s in batch])
+
+        survivors = self._isolate(ok, advance)
+        for pair in [p for p in survivors if p[1].over]:
+            self._finish(*pair)
+        self.active = [p for p in survivors if not p[1].over]
+
+    def _isolate(
+        self,
+        pairs: list[tuple[EpisodeJob, ConversationState]],
+        call: Callable[[list[tuple[EpisodeJob, ConversationState]]], Any],
+    ) -> list[tuple[EpisodeJob, ConversationState]]:
+        """Run ``call`` on the batch; if it fails, on each pair alone. Returns the pairs that
+        succeeded; the others are finished with their error."""
+        if not pairs:
+            return []
+        try:
+            call(pairs)
+            return pairs
+        except Exception as error:
+            if len(pairs) == 1:
+                self._finish(*pairs[0], error=_describe(error))
+                return []
+        survivors = []
+        for pair in pairs:
+            try:
+                call([pair])
+                survivors.append(pair)
+            except Exception as error:
+                self._finish(*pair, error=_describe(error))
+        return survivors
+
+    def _add_costs(self, costs: Sequence[float | None] | None) -> None:
+        if costs is None:
+            return
+        for (job, _), cost in zip(self.active, costs, strict=False):
+            known = self.costs.get(job.key, 0.0)
+            self.costs[job.key] = None if cost is None or known is None else known + cost
+
+    def _finish(self, job: EpisodeJob, state: ConversationState, error: str | None = None) -> None:
+        record = record_of(job, state, error=error)
+        priced = hasattr(self.assistant, "last_costs")  # local assistants cost nothing
+        record.cost = self.costs.pop(job.key, None) if priced else 0.0
+        self.records.append(record)
+        if self.on_done is not None:
+            self.on_done(record)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:2000]
 
 
 class JsonlWriter:

@@ -157,6 +157,8 @@ class ConversationState:
         messages: User and assistant messages so far (OpenAI format, no system message).
         user_turns: The simulator's turns so far, aligned with the user messages.
         scores: The task's score for each assistant reply so far.
+        reply_labels: A label for each assistant reply ("answer_attempt", "clarification",
+            "discussion", "other"; see :mod:`userlm_env.labels`).
         revealed: For each user turn, the shard ids it revealed.
         episode_index: How many episodes on this intent the env ran before this one.
         termination_reason: ``None`` while the episode runs, else why it ended
@@ -168,6 +170,7 @@ class ConversationState:
     messages: list[Message] = field(default_factory=list)
     user_turns: list[UserTurn] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)
+    reply_labels: list[str] = field(default_factory=list)
     revealed: list[tuple[int, ...]] = field(default_factory=list)
     episode_index: int = 0
     termination_reason: str | None = None

@@ -68,7 +68,9 @@ class ConversationVectorEnv(VectorEnv):
             raise ValueError("NEXT_STEP autoreset would drop a reply; use SAME_STEP or DISABLED")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.num_envs = num_envs
-        self.intents = list(intents) if intents is not None else load_env_intents(sources, data_path)
+        self.intents = (
+            list(intents) if intents is not None else load_env_intents(sources, data_path)
+        )
         if not self.intents:
             raise ValueError("the environment needs at least one intent")
         self.simulator = build_simulator(simulator, simulator_kwargs)

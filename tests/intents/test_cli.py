@@ -36,10 +36,14 @@ def test_export_gsm8k_and_gsm_symbolic(tmp_path: Path) -> None:
     assert [i.task_id for i in load_lic_json(symbolic)] == [f"gsm_symbolic/5-{i}" for i in range(3)]
 
 
-def test_an_option_the_source_does_not_take_is_a_usage_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "options", [["--source", "humaneval", "--n", "3"], ["--source", "humaneval", "--limit", "-1"]]
+)
+def test_bad_options_are_usage_errors(tmp_path: Path, options: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--source", "humaneval", "--n", "3", "--out", str(tmp_path / "x.json")])
+        main(["export", *options, "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_unknown_source_and_data_errors_exit_with_1(

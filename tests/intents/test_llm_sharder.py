@@ -2,7 +2,8 @@
 
 The flow tests use ``ScriptedClient``, a stub that replays fixed replies. It stands in for the
 LLM client only to produce faults on demand (an invalid reply, then a valid one), which the real
-local model cannot be made to produce reliably.
+local model cannot be made to produce reliably. One ``server`` test runs the sharder end to end
+through the real :class:`~userlm_env.llm.LLMClient` and the local llama.cpp server.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.server_fixtures import LlamaServer
 from userlm_env.errors import DataError, LLMCallError
 from userlm_env.intents import LLMSharder, sharding_messages, validate_shards
+from userlm_env.llm import LLMClient, LLMConfig
 from userlm_env.types import Message, Shard
 
 MATH = "Tom has 3 apples. He buys 5 more at the shop. How many apples does Tom have now?"
@@ -290,3 +293,26 @@ def test_bad_arguments_are_rejected() -> None:
         LLMSharder(ScriptedClient([]), max_tries=0)
     with pytest.raises(ValueError, match="2 instructions but 1 tasks"):
         LLMSharder(ScriptedClient([])).shard_many([MATH, CODE], ["gsm8k"])
+
+
+@pytest.mark.server
+def test_sharder_runs_end_to_end_on_the_local_model(
+    llama_server: LlamaServer, tmp_path: Path
+) -> None:
+    config = LLMConfig(
+        model=llama_server.model,
+        api_base=llama_server.api_base,
+        api_key=llama_server.api_key,
+        temperature=0.0,
+        max_tokens=160,
+        timeout_s=120.0,
+    )
+    sharder = LLMSharder(LLMClient(config), cache_dir=tmp_path, max_tries=2)
+    try:
+        shards = sharder.shard(MATH, "gsm8k")
+    except DataError as error:  # the 135M model seldom writes valid shards: check the machinery
+        assert "after 2 tries" in str(error)
+        assert list(tmp_path.glob("*.json")) == []
+    else:
+        assert 3 <= len(shards) <= 10 and shards[0].required
+        assert len(list(tmp_path.glob("*.json"))) == 1

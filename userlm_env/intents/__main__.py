@@ -27,6 +27,14 @@ __all__ = ["build_parser", "main"]
 _SOURCE_OPTIONS = {"limit": "limit", "data_path": "data_path", "seed": "seed", "n": "n"}
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m userlm_env.intents``."""
     parser = argparse.ArgumentParser(prog="python -m userlm_env.intents", description=__doc__)
@@ -34,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a source's sharded intents as LiC JSON")
     export.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES.names())}")
     export.add_argument("--out", required=True, help="output JSON file")
-    export.add_argument("--limit", type=int, help="keep the first N intents")
+    export.add_argument("--limit", type=_count, help="keep the first N intents")
     export.add_argument("--data-path", help="input file (gsm8k JSONL, lic JSON)")
     export.add_argument("--seed", type=int, help="generator seed (gsm_symbolic)")
-    export.add_argument("--n", type=int, help="number of problems to generate (gsm_symbolic)")
+    export.add_argument("--n", type=_count, help="number of problems to generate (gsm_symbolic)")
     commands.add_parser("sources", help="list the registered sources")
     return parser
 

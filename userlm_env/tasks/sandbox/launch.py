@@ -207,24 +207,25 @@ def _world_accessible(path: str) -> bool:
     )
 
 
-def _can_switch_uid(isolation: str, python: str) -> bool:
-    """Whether programs can run under their own uid: root host, interpreter reachable by it."""
-    if os.geteuid() != 0:
-        return False
+def _needs_read_access(isolation: str, python: str) -> bool:
+    """Whether programs under their own uid need CAP_DAC_READ_SEARCH to reach the interpreter."""
     if isolation == "bwrap" or all(_world_accessible(p) for p in _python_paths(python)):
-        return True
+        return False
     _warn_once(
         f"sandbox ({isolation}): the Python installation is not readable by other users, so "
-        "programs run with the host's (root) privileges; install bubblewrap to avoid this"
+        "programs keep the right to read every file of the host; install bubblewrap"
     )
-    return False
+    return True
 
 
-def _worker_config(config: SandboxConfig, tmp_root: str, privileged: bool) -> dict[str, object]:
+def _worker_config(config: SandboxConfig, tmp_root: str, keep_read: bool) -> dict[str, object]:
+    """The worker's settings: uids (root hosts only), limits, folders, output caps."""
+    privileged = os.geteuid() == 0
     uid = 1_000_000 + 2 * secrets.randbelow(500_000_000) if privileged else None
     return {
         "candidate_uid": uid,
         "judge_uid": None if uid is None else uid + 1,
+        "keep_read": privileged and keep_read,
         "tmp_root": tmp_root,
         "output_limit": config.output_limit_bytes,
         "max_message_bytes": config.max_message_bytes,
@@ -245,7 +246,7 @@ def build_launch(config: SandboxConfig, isolation: str, tmp_root: Path | None) -
     inner_tmp = "/tmp" if isolation == "bwrap" else str(tmp_root)
     env = _base_env(inner_tmp)
     lib = _LIB_MOUNT if isolation == "bwrap" else str(_LIB_DIR)
-    worker_config = _worker_config(config, inner_tmp, _can_switch_uid(isolation, python))
+    worker_config = _worker_config(config, inner_tmp, _needs_read_access(isolation, python))
     command = [python, "-I", "-c", _BOOT, lib, json.dumps(worker_config)]
     prefix = {
         "bwrap": lambda: _bwrap_args(config, python, env),

@@ -15,6 +15,7 @@ file), so it must not import anything from ``userlm_env``.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import select
@@ -26,7 +27,9 @@ __all__ = [
     "MAX_DEPTH",
     "PlainValueError",
     "decode_value",
+    "describe_error",
     "encode_value",
+    "frame_message",
     "read_exact",
     "read_message",
     "write_message",
@@ -36,7 +39,8 @@ __all__ = [
 MAX_DEPTH = 200
 _HEADER = struct.Struct(">I")
 _SCALARS = (type(None), bool, int, float, str)
-_TAGS = ("tuple", "set", "frozenset", "dict", "bytes", "complex")
+_TAGS = ("tuple", "set", "frozenset", "dict", "bytes", "complex", "int")
+_JSON_INT_LIMIT = 2**63  # larger ints travel as hex: decimal conversion of huge ints is capped
 
 
 class PlainValueError(ValueError):
@@ -53,6 +57,8 @@ def encode_value(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise PlainValueError("value nests too deeply")
     kind = type(value)
+    if kind is int and abs(value) >= _JSON_INT_LIMIT:
+        return {"int": hex(value)}
     if kind in _SCALARS:
         return value
     if kind is list:
@@ -94,6 +100,8 @@ def _decode_tagged(tag: str, body: Any, depth: int) -> Any:
     try:
         if tag == "bytes":
             return bytes.fromhex(_exact(body, str))
+        if tag == "int":
+            return int(_exact(body, str), 16)
         if tag == "complex":
             real, imag = _exact(body, list)
             return complex(_exact(real, float), _exact(imag, float))
@@ -163,9 +171,25 @@ def read_message(fd: int, limit: int, deadline: float | None = None) -> Any:
         raise PlainValueError(f"malformed message: {error}") from None
 
 
+def frame_message(message: Any) -> bytes:
+    """The framed bytes of one JSON message."""
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return _HEADER.pack(len(body)) + body
+
+
 def write_message(fd: int, message: Any) -> None:
     """Write one framed JSON message (the whole of it) to ``fd``."""
-    body = json.dumps(message, separators=(",", ":")).encode()
-    view = memoryview(_HEADER.pack(len(body)) + body)
+    view = memoryview(frame_message(message))
     while view:
         view = view[os.write(fd, view) :]
+
+
+def describe_error(error: BaseException) -> dict[str, str]:
+    """Name an exception: its class and the builtin exception class it derives from."""
+    base = next((k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k), None)
+    try:
+        message = str(error)[:300]
+    except BaseException:
+        message = ""
+    base_name = getattr(base, "__name__", "")
+    return {"name": type(error).__name__, "builtin": base_name, "message": message}

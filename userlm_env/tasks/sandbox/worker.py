@@ -1,6 +1,7 @@
-"""In-sandbox half of the sandbox: the warden process and the children it runs programs in.
+"""In-sandbox half of the sandbox: the warden process, its zygote, and how runs are classified.
 
-Standard library only. The host starts it inside the isolation layer as
+The children live in :mod:`candidate` and :mod:`judge`; clean-up in :mod:`reaper`. Standard
+library only. The host starts it inside the isolation layer as
 ``python -I -c "<boot>" <this folder> <config json>``; the host never runs it in-process.
 
 Processes of one worker (one sandbox instance, started once, serving many programs)::
@@ -22,15 +23,11 @@ root C runs under its own uid, so it can neither signal nor trace W, Z or R.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
-import resource
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -38,220 +35,21 @@ import time
 from typing import Any
 
 if __package__:  # imported as a package module (the host's tests)
-    from . import wire
+    from . import candidate, isolate, judge, reaper, wire
 else:  # imported by file inside the sandbox, where ``userlm_env`` is not importable
+    import candidate  # type: ignore[no-redef]
+    import isolate  # type: ignore[no-redef]
+    import judge  # type: ignore[no-redef]
+    import reaper  # type: ignore[no-redef]
     import wire  # type: ignore[no-redef]
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
-_EXIT_SETUP_FAILED = 70
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, value: int) -> None:
-    _LIBC.prctl(option, value, 0, 0, 0)
-
-
-def _place_fds(fds: list[int]) -> None:
-    """Make ``fds`` the process's fds 3, 4, ..., stdio ``/dev/null``; close everything else."""
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 16) for fd in fds]
-    null = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(null, target)
-    for index, fd in enumerate(moved):
-        os.dup2(fd, 3 + index)
-    os.closerange(3 + len(fds), 1 << 20)
-
-
-def _apply_limits(limits: dict[str, int]) -> None:
-    """Set the rlimits named in ``limits`` (soft and hard) for this process and its children."""
-    for name, value in limits.items():
-        soft = hard = int(value)
-        if name == "RLIMIT_CPU":
-            hard = soft + 1  # SIGXCPU at the soft limit, SIGKILL one second later
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-
-
-def _drop_privileges(uid: int | None) -> None:
-    """Become ``uid`` for good (no groups, no capabilities) when running as root."""
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-
-
-# --- candidate (C) --------------------------------------------------------------------------
-
-
-def _candidate_main(job: dict[str, Any], fds: list[int], cfg: dict[str, Any]) -> None:
-    """Set up the untrusted process, then load the program and serve calls; never returns."""
-    try:
-        os.setsid()
-        _place_fds(fds)
-        os.dup2(5, 1)
-        os.dup2(6, 2)
-        os.closerange(5, 7)
-        _apply_limits(cfg["candidate_limits"])
-        _drop_privileges(cfg["candidate_uid"])
-        workdir = os.path.join(cfg["tmp_root"], f"run-{job['run_id']}")
-        os.mkdir(workdir, 0o700)
-        os.chdir(workdir)
-        os.environ.update(HOME=workdir, TMPDIR=workdir)
-        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    except BaseException:
-        os._exit(_EXIT_SETUP_FAILED)
-    _serve(job["source"], job["entry_point"], cfg["max_message_bytes"])
-    os._exit(0)
-
-
-def _describe(error: BaseException) -> dict[str, str]:
-    """Name an exception: its class and the builtin exception class it derives from."""
-    base = next((k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k), None)
-    try:
-        message = str(error)[:300]
-    except BaseException:
-        message = ""
-    base_name = getattr(base, "__name__", "")
-    return {"name": type(error).__name__, "builtin": base_name, "message": message}
-
-
-def _serve(source: str, entry_point: str, limit: int) -> None:
-    """Load ``source`` and answer the judge's calls to ``entry_point`` until it hangs up."""
-    namespace: dict[str, Any] = {"__name__": "__candidate__", "__builtins__": builtins}
-    try:
-        exec(compile(source, "<candidate>", "exec"), namespace)
-        function = namespace[entry_point]
-        if not callable(function):
-            raise TypeError(f"{entry_point} is not callable")
-    except BaseException as error:
-        wire.write_message(4, {"load_error": _describe(error)})
-        return
-    wire.write_message(4, {"ready": True})
-    while (call := wire.read_message(3, limit)) is not None:
-        wire.write_message(4, _answer(function, call))
-
-
-def _answer(function: Any, call: dict[str, Any]) -> dict[str, Any]:
-    try:
-        result = function(*wire.decode_value(call["args"]), **wire.decode_value(call["kwargs"]))
-    except BaseException as error:
-        return {"raised": _describe(error)}
-    try:
-        return {"value": wire.encode_value(result)}
-    except (wire.PlainValueError, ValueError, RecursionError) as error:
-        return {"bad_value": str(error)[:200]}
-
-
-# --- judge (R) ------------------------------------------------------------------------------
-
-
-class CandidateDied(Exception):
-    """The candidate process stopped answering (it exited, crashed or closed its pipes)."""
-
-
-class CandidateReturnedNonPlainData(TypeError):
-    """The candidate returned something other than plain data."""
-
-
-class CandidateProxy:
-    """Stands in for the candidate's function inside the judge: each call is a message."""
-
-    def __init__(self, limit: int) -> None:
-        self.calls = 0
-        self.raised: BaseException | None = None
-        self._limit = limit
-
-    def hello(self) -> dict[str, Any]:
-        """The candidate's first message: ``ready`` or ``load_error``."""
-        return self._receive()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        request = {"args": wire.encode_value(args), "kwargs": wire.encode_value(kwargs)}
-        try:
-            wire.write_message(3, request)
-        except OSError:
-            raise CandidateDied("candidate closed its pipe") from None
-        return self._result(self._receive())
-
-    def _receive(self) -> dict[str, Any]:
-        message = wire.read_message(4, self._limit)
-        if type(message) is not dict:
-            raise CandidateDied("candidate stopped answering")
-        return message
-
-    def _result(self, reply: dict[str, Any]) -> Any:
-        if "value" in reply:
-            return wire.decode_value(reply["value"])
-        if "raised" in reply:
-            self.raised = _rebuild(reply["raised"])
-            raise self.raised
-        raise CandidateReturnedNonPlainData(str(reply.get("bad_value", "malformed reply"))[:200])
-
-
-def _rebuild(info: Any) -> BaseException:
-    """An exception standing for one the candidate raised (a builtin class when possible)."""
-    info = info if type(info) is dict else {}
-    kind = getattr(builtins, str(info.get("builtin", "")), None)
-    if not (isinstance(kind, type) and issubclass(kind, Exception)):
-        kind = RuntimeError
-    error = kind(f"{info.get('name', '?')}: {info.get('message', '')}"[:300])
-    error.candidate_name = str(info.get("name", kind.__name__))[:80]  # type: ignore[attr-defined]
-    return error
-
-
-def _judge(job: dict[str, Any], limit: int) -> dict[str, Any]:
-    """Run the tests against the candidate; the verdict is a small JSON-ready dict."""
-    proxy = CandidateProxy(limit)
-    try:
-        hello = proxy.hello()
-        if "load_error" in hello:
-            return {"ok": False, "reason": "load_error", "error": hello["load_error"]}
-        namespace: dict[str, Any] = {"__name__": "__judge__"}
-        exec(compile(job["setup"], "<setup>", "exec"), namespace)
-        namespace[job["entry_point"]] = proxy
-        exec(compile(job["test"], "<test>", "exec"), namespace)
-        namespace["check"](proxy)
-    except BaseException as error:
-        return _failure(error, proxy)
-    if proxy.calls == 0:
-        return {"ok": False, "reason": "no_calls"}
-    return {"ok": True, "calls": proxy.calls}
-
-
-def _failure(error: BaseException, proxy: CandidateProxy) -> dict[str, Any]:
-    if isinstance(error, CandidateDied):
-        return {"ok": False, "reason": "died"}
-    if isinstance(error, CandidateReturnedNonPlainData):
-        return {"ok": False, "reason": "bad_value", "message": str(error)}
-    if error is proxy.raised:
-        error_info = {"name": error.candidate_name, "builtin": type(error).__name__}
-        return {"ok": False, "reason": "raised", "error": error_info}
-    return {"ok": False, "reason": "test_failed", "error": _describe(error)}
-
-
-def _judge_main(job: dict[str, Any], fds: list[int], nonce: str, cfg: dict[str, Any]) -> None:
-    """Set up the judge process, run the tests, write ``nonce + verdict``; never returns."""
-    try:
-        _place_fds(fds)
-        _apply_limits(cfg["judge_limits"])
-        _drop_privileges(cfg["judge_uid"])
-        _prctl(_PR_SET_DUMPABLE, 0)
-        verdict = _judge(job, cfg["max_message_bytes"])
-        os.write(5, (nonce + json.dumps(verdict)).encode())
-    finally:
-        os._exit(0)
-
 
 # --- zygote (Z) -----------------------------------------------------------------------------
 
 
 def _zygote_main(sock: socket.socket, cfg: dict[str, Any]) -> None:
     """Fork one candidate per job; after each, kill and reap everything it left."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    isolate.prctl(isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
+    isolate.prctl(isolate.PR_SET_CHILD_SUBREAPER, 1)
     while True:
         try:
             _, fds, _, _ = socket.recv_fds(sock, 1, 4)
@@ -263,7 +61,7 @@ def _zygote_main(sock: socket.socket, cfg: dict[str, Any]) -> None:
         pid = os.fork()
         if pid == 0:
             sock.close()
-            _candidate_main(job, fds, cfg)
+            candidate.candidate_main(job, fds, cfg)
         for fd in fds:
             os.close(fd)
         wire.write_message(sock.fileno(), {"pid": pid})
@@ -284,8 +82,8 @@ def _finish(pid: int, grace_s: float, cfg: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-    lingering = _kill_tree(cfg["candidate_uid"])
-    _empty(cfg["tmp_root"])
+    lingering = reaper.kill_tree(cfg["candidate_uid"])
+    reaper.empty_folder(cfg["tmp_root"])
     report: dict[str, Any] = {"natural": done, "lingering": lingering}
     if os.WIFSIGNALED(status):
         report["signal"] = os.WTERMSIG(status)
@@ -302,82 +100,6 @@ def _wait_for(pid: int, grace_s: float) -> tuple[bool, int]:
         if done or time.monotonic() >= deadline:
             return bool(done), status
         time.sleep(0.001)
-
-
-def _kill_tree(uid: int | None) -> bool:
-    """SIGKILL every descendant (and, as root, every process of ``uid``) until none is left.
-
-    Returns whether something was still alive after the deadline (a bug if it ever happens).
-    """
-    me, deadline = os.getpid(), time.monotonic() + 5
-    while time.monotonic() < deadline:
-        _reap()
-        victims = _descendants(me) | (_processes_of(uid) if uid is not None else set())
-        if not victims:
-            return False
-        for victim in victims - {me}:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(victim, signal.SIGKILL)
-        time.sleep(0.0005)
-    return True
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _process_table() -> dict[int, int]:
-    """pid -> parent pid for every process this /proc shows."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as handle:
-                    stat = handle.read()
-            except OSError:
-                continue
-            table[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
-    return table
-
-
-def _descendants(root: int) -> set[int]:
-    table, found, frontier = _process_table(), set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in table.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _processes_of(uid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
-                found.add(int(entry))
-    return found
-
-
-def _empty(folder: str) -> None:
-    for entry in os.listdir(folder):
-        path = os.path.join(folder, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, onerror=_force_remove)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-def _force_remove(function: Any, path: str, _info: Any) -> None:
-    with contextlib.suppress(OSError):
-        os.chmod(os.path.dirname(path), 0o700)
-        os.chmod(path, 0o700)
-        function(path)
 
 
 # --- warden (W) -----------------------------------------------------------------------------
@@ -436,9 +158,9 @@ def _run(job: dict[str, Any], zygote: socket.socket, cfg: dict[str, Any]) -> dic
     wire.read_message(zygote.fileno(), 1 << 16)  # the candidate's pid: it exists now
     nonce = os.urandom(16).hex()
     verdict_r, verdict_w = os.pipe()
-    judge = os.fork()
-    if judge == 0:
-        _judge_main(job, [req_w, resp_r, verdict_w], nonce, cfg)
+    judge_pid = os.fork()
+    if judge_pid == 0:
+        judge.judge_main(job, [req_w, resp_r, verdict_w], nonce, cfg)
     for fd in (req_w, resp_r, verdict_w):
         os.close(fd)
     out, err, verdict = _Output(cfg["output_limit"]), _Output(cfg["output_limit"]), bytearray()
@@ -446,8 +168,8 @@ def _run(job: dict[str, Any], zygote: socket.socket, cfg: dict[str, Any]) -> dic
     in_time = _pump(streams, verdict_r, deadline)
     if not in_time:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(judge, signal.SIGKILL)
-    os.waitpid(judge, 0)
+            os.kill(judge_pid, signal.SIGKILL)
+    os.waitpid(judge_pid, 0)
     verdict_data = _verdict(bytes(verdict), nonce)
     grace = 0.25 if in_time and (verdict_data or {}).get("reason") == "died" else 0.0
     wire.write_message(zygote.fileno(), {"grace_s": grace})
@@ -495,7 +217,7 @@ def _ended_itself(ending: dict[str, Any]) -> str:
         number = ending["signal"]
         return _SIGNAL_DETAIL.get(number, f"crashed: {signal.Signals(number).name}")
     code = ending.get("code")
-    if code == _EXIT_SETUP_FAILED:
+    if code == candidate.EXIT_SETUP_FAILED:
         return "sandbox setup failed"
     return f"exited early (code {code})"
 
@@ -542,7 +264,7 @@ def main(config_json: str) -> None:
     """Start the zygote, announce readiness, then run jobs read from stdin until it closes."""
     cfg = json.loads(config_json)
     sys.dont_write_bytecode = True
-    _prctl(_PR_SET_DUMPABLE, 0)
+    isolate.prctl(isolate.PR_SET_DUMPABLE, 0)
     host_in, host_out = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16) for fd in (0, 1))
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -550,7 +272,7 @@ def main(config_json: str) -> None:
     parent_sock, zygote_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.fork() == 0:
         parent_sock.close()
-        _place_fds([zygote_sock.detach()])
+        isolate.place_fds([zygote_sock.detach()])
         _zygote_main(socket.socket(fileno=3), cfg)
     zygote_sock.close()
     wire.write_message(host_out, {"ready": True, "pid": os.getpid()})

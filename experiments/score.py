@@ -1,0 +1,65 @@
+"""Score an assistant against simulated users; resumable, robust to API failures.
+
+    python -m experiments.score assistant.model=openai/gpt-4o-mini simulator=userlm_embedded \\
+        task=humaneval n_per_intent=10 hydra.run.dir=runs/gpt4o-mini
+
+Each finished episode is appended to ``results.jsonl`` at once (flushed and fsynced). Re-running
+with the same ``hydra.run.dir`` skips finished episodes and re-runs failed ones. The report gives,
+per task and overall, the Assistant Score with a 95% bootstrap interval, mean turns, answer
+attempts per episode, cost and failed episodes. The exit status is 0 when no episode failed,
+else 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from experiments.run_info import write_run_info
+from userlm_env.core import ConversationCore
+from userlm_env.rollout import JsonlWriter, first_per_task, make_jobs, read_records, run_episodes
+from userlm_env.summary import format_table, latest_by_key, score_report
+
+log = logging.getLogger(__name__)
+#: Exit status when some episodes failed (after retries).
+EXIT_FAILURES = 3
+
+
+def score(cfg: DictConfig, out_dir: Path) -> list[dict]:
+    """Run the missing episodes and return the report rows."""
+    results = out_dir / cfg.results_file
+    finished = {r["key"] for r in latest_by_key(read_records(results)) if not r.get("error")}
+    intents = first_per_task(instantiate(cfg.task), cfg.max_intents_per_task)
+    jobs = [j for j in make_jobs(intents, cfg.n_per_intent, cfg.seed) if j.key not in finished]
+    log.info("%d episodes to run, %d already finished", len(jobs), len(finished))
+    if jobs:
+        core = ConversationCore(instantiate(cfg.simulator), max_turns=cfg.max_turns)
+        assistant = instantiate(cfg.assistant)
+        run_episodes(jobs, core, assistant, batch_size=cfg.batch_size, on_done=JsonlWriter(results))
+    rows = score_report(read_records(results))
+    (out_dir / "report.md").write_text(format_table(rows) + "\n", encoding="utf-8")
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; exits with status 3 when episodes failed."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_run_info(out_dir)
+    rows = score(cfg, out_dir)
+    print(format_table(rows))
+    print(f"\nresults: {out_dir / cfg.results_file}")
+    failed = rows[-1]["failed"] if rows else 0
+    if failed:
+        print(f"{failed} episode(s) failed; re-run the same command to retry them", file=sys.stderr)
+        sys.exit(EXIT_FAILURES)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Tests of the in-process User LM simulator and its guardrails.
+
+Fast tests check the pure pieces on synthetic inputs (text checks, logits processors, the seeded
+sampler, the verdict on raw generations). Slow tests generate for real with the embedded
+SmolLM2-135M model, loaded once per session; that model is weak, so they assert the machinery
+(guardrails, seeding, ending, resampling), never the quality of what it says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from simulators import SIMULATORS
+from simulators.guardrails import (
+    BanFirstTokens,
+    SuppressTokens,
+    TokenSequenceBias,
+    TurnChecks,
+    count_words,
+    earlier_texts,
+    first_token_ids,
+    is_verbatim_repeat,
+    starts_with_word,
+    word_variants,
+)
+from simulators.userlm import SeededSampler, UserLMConfig, UserLMSimulator, judge
+from userlm_env.errors import LLMCallError
+from userlm_env.models import EMBEDDED_MODEL, LoadedModel, load_model
+from userlm_env.types import END_MARKER, ConversationState, Intent, Message, Shard, UserTurn
+
+INTENTS = (
+    Intent(
+        "gsm8k",
+        "toy/bakery",
+        "A bakery sells 14 muffins in the morning and 9 in the afternoon. How many in total?",
+        (Shard(1, "How many muffins in total?"), Shard(2, "14 in the morning, 9 later.")),
+    ),
+    Intent(
+        "humaneval",
+        "toy/vowels",
+        "Write a Python function count_vowels(s) that returns how many vowels s contains.",
+        (Shard(1, "Write count_vowels(s)."), Shard(2, "It returns the number of vowels.")),
+    ),
+)
+HISTORY: list[Message] = [
+    {"role": "user", "content": "need some help with a small problem"},
+    {"role": "assistant", "content": "Of course! Tell me more about the problem."},
+]
+
+
+def _states(count: int, *, first_seed: int = 0, with_history: bool = True) -> list[ConversationState]:
+    states = []
+    for i in range(count):
+        messages = list(HISTORY) if with_history and i % 2 else []
+        states.append(ConversationState(INTENTS[i % 2], seed=first_seed + i, messages=messages))
+    return states
+
+
+# --- text checks ------------------------------------------------------------------------------
+
+
+def test_count_words_ignores_punctuation_only_pieces() -> None:
+    assert count_words("  hi there - how's it going ?  ") == 5
+    assert count_words("") == 0
+    assert count_words("x = 3 + 4") == 3
+
+
+def test_verbatim_repeats_ignore_case_and_whitespace_only() -> None:
+    earlier = ["Can you help me   with this?", "something else"]
+    assert is_verbatim_repeat("can you help me with THIS?", earlier)
+    assert is_verbatim_repeat("\tcan you\nhelp me with this?  ", earlier)
+    assert not is_verbatim_repeat("can you help me with this", earlier)  # punctuation differs
+    assert not is_verbatim_repeat("can you help me with this?", [])
+
+
+def test_earlier_texts_cover_user_turns_and_intent() -> None:
+    state = ConversationState(INTENTS[0], seed=1, messages=list(HISTORY))
+    earlier = earlier_texts(state)
+    assert HISTORY[0]["content"] in earlier and HISTORY[1]["content"] not in earlier
+    assert INTENTS[0].instruction in earlier and INTENTS[0].system_prompt in earlier
+
+
+def test_starts_with_word_matches_whole_first_word_any_case() -> None:
+    banned = ("I", "You", "Here")
+    assert starts_with_word("I'm stuck on this", banned)
+    assert starts_with_word("  here is my code", banned)
+    assert starts_with_word("YOU said 4", banned)
+    assert not starts_with_word("Ice cream costs 3 dollars", banned)
+    assert not starts_with_word("Hereford cattle question", banned)
+    assert not starts_with_word("what do you think", banned)
+
+
+def test_turn_checks_name_the_broken_rule_and_can_be_switched_off() -> None:
+    checks = TurnChecks()
+    assert checks.reason("   ") == "empty"
+    assert checks.reason("too short") == "too_short"
+    assert checks.reason(" ".join(["word"] * 26)) == "too_long"
+    assert checks.reason("Here is my problem today") == "banned_first_word"
+    assert checks.reason("what about the muffins", ["What about the  muffins"]) == "repeat"
+    assert checks.reason("what about the muffins", ["other"]) is None
+    off = TurnChecks(min_words=None, max_words=None, reject_repeats=False, banned_first_words=())
+    assert off.reason("Here") is None
+    assert off.reason("same", ["same"]) is None
+
+
+# --- logits processors ------------------------------------------------------------------------
+
+
+class _FakeTokenizer:
+    """Splits on characters: token id = code point; enough for first-token logic."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def test_word_variants_and_first_token_ids_skip_whitespace() -> None:
+    forms = word_variants(["I", "you"])
+    assert set(forms) == {"I", "i", " I", " i", "You", "you", " You", " you"}
+    ids = first_token_ids(_FakeTokenizer(), forms)
+    assert ids == sorted({ord("I"), ord("i"), ord("Y"), ord("y")})  # " " is skipped
+
+
+def test_ban_first_tokens_only_at_the_first_generated_position() -> None:
+    processor = BanFirstTokens([2, 5], prompt_length=4)
+    scores = torch.zeros(3, 8)
+    first = processor(torch.ones(3, 4, dtype=torch.long), scores)
+    assert torch.isinf(first[:, [2, 5]]).all() and (first[:, [2, 5]] < 0).all()
+    assert torch.isfinite(first[:, [0, 1, 3, 4, 6, 7]]).all()
+    later = processor(torch.ones(3, 5, dtype=torch.long), scores)
+    assert torch.equal(later, scores)
+    assert torch.equal(scores, torch.zeros(3, 8))  # input not modified in place
+
+
+def test_suppress_tokens_at_every_step() -> None:
+    processor = SuppressTokens([7])
+    for length in (4, 9, 30):
+        out = processor(torch.ones(2, length, dtype=torch.long), torch.zeros(2, 10))
+        assert out[:, 7].eq(float("-inf")).all() and out[:, :7].eq(0).all()
+
+
+def test_token_sequence_bias_follows_the_longest_matched_prefix() -> None:
+    processor = TokenSequenceBias([([3, 4, 5], 10.0)])
+    inputs = torch.tensor([[9, 9, 1], [9, 1, 3], [1, 3, 4], [3, 4, 5]])
+    out = processor(inputs, torch.zeros(4, 8))
+    assert out.argmax(dim=-1).tolist() == [3, 4, 5, 3]
+    assert out.sum(dim=-1).tolist() == [10.0] * 4  # one biased token per row
+
+
+def test_seeded_sampler_is_reproducible_per_row_and_respects_top_p() -> None:
+    scores = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)).repeat(3, 1)
+    inputs = torch.zeros(3, 2, dtype=torch.long)
+
+    def draws(seeds: list[int], top_p: float = 1.0) -> list[int]:
+        sampler = SeededSampler(seeds, temperature=1.0, top_p=top_p)
+        picks = [sampler(inputs[: len(seeds)], scores[: len(seeds)]) for _ in range(20)]
+        return [int(p[0].argmax()) for p in picks]
+
+    assert draws([11, 12, 13]) == draws([11])  # row 0 does not depend on the other rows
+    assert draws([11]) != draws([12])
+    assert set(draws([5], top_p=1e-6)) == {int(scores[0].argmax())}
+    chosen = SeededSampler([1, 2], 1.0, 1.0)(inputs[:2], scores[:2])
+    assert (torch.isfinite(chosen).sum(dim=-1) == 1).all()
+
+
+# --- verdict on raw generations ---------------------------------------------------------------
+
+
+def test_judge_end_marker_alone_or_first_ends_the_conversation() -> None:
+    config = UserLMConfig()
+    for raw in (END_MARKER, f"  {END_MARKER}\n", f"{END_MARKER} thanks bye"):
+        candidate = judge(raw, [], config)
+        assert candidate.ended and candidate.reason is None and candidate.text == END_MARKER
+    forbidden = judge(END_MARKER, [], UserLMConfig(allow_end=False))
+    assert forbidden.ended and forbidden.reason == "end_forbidden"
+
+
+def test_judge_cuts_text_before_a_mid_text_end_marker() -> None:
+    candidate = judge(f"ok that works for me thanks {END_MARKER} bye", [], UserLMConfig())
+    assert not candidate.ended and candidate.reason is None
+    assert candidate.text == "ok that works for me thanks" and candidate.end_marker_cut
+    turn = candidate.turn(tries=2)
+    assert turn.metadata["end_marker_cut"] and turn.metadata["tries"] == 2
+
+
+def test_judge_rejects_repeat_of_the_intent() -> None:
+    intent_copy = INTENTS[0].instruction.upper()
+    assert judge(intent_copy, earlier_texts(_states(1)[0]), UserLMConfig()).reason == "repeat"
+
+
+def test_config_rejects_bad_values_and_unknown_overrides() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        UserLMConfig(min_words=10, max_words=5)
+    with pytest.raises(ValueError, match="at least 1"):
+        UserLMConfig(max_tries=0)
+    with pytest.raises(TypeError, match="unknown UserLMConfig fields"):
+        UserLMSimulator(model="never-loaded", max_word=3)
+
+
+def test_registered_as_userlm() -> None:
+    assert SIMULATORS.resolve("userlm") is UserLMSimulator
+
+
+# --- real generations with the embedded model (slow) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm() -> LoadedModel:
+    return load_model(EMBEDDED_MODEL)
+
+
+def _assert_guardrails_hold(turns: list[UserTurn], states: list[ConversationState]) -> None:
+    for turn, state in zip(turns, states, strict=True):
+        assert 1 <= turn.metadata["tries"] <= 8
+        if turn.ended:
+            assert turn.text == END_MARKER
+            continue
+        assert "guardrail_failed" not in turn.metadata, turn
+        assert 3 <= count_words(turn.text) <= 25, turn.text
+        assert not starts_with_word(turn.text, ("I", "You", "Here")), turn.text
+        assert not is_verbatim_repeat(turn.text, earlier_texts(state)), turn.text
+
+
+@pytest.fixture(scope="module")
+def default_run(smollm: LoadedModel) -> tuple[list[ConversationState], list[UserTurn]]:
+    states = _states(4)
+    return states, UserLMSimulator(smollm).respond(states)
+
+
+@pytest.mark.slow
+def test_guardrails_hold_on_real_generations(
+    default_run: tuple[list[ConversationState], list[UserTurn]],
+) -> None:
+    states, turns = default_run
+    assert len(turns) == len(states)
+    _assert_guardrails_hold(turns, states)
+
+
+@pytest.mark.slow
+def test_same_states_give_the_same_turns(
+    smollm: LoadedModel, default_run: tuple[list[ConversationState], list[UserTurn]]
+) -> None:
+    states, turns = default_run
+    again = UserLMSimulator(smollm).respond(_states(4))
+    assert [t.text for t in again] == [t.text for t in turns]
+    assert [t.metadata["tries"] for t in again] == [t.metadata["tries"] for t in turns]
+
+
+@pytest.mark.slow
+def test_different_seeds_usually_differ(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(smollm, max_new_tokens=16, max_tries=1, min_words=None, max_words=None)
+    one = sim.respond(_states(4, first_seed=100, with_history=False))
+    two = sim.respond(_states(4, first_seed=200, with_history=False))
+    differing = sum(a.metadata["raw"] != b.metadata["raw"] for a, b in zip(one, two, strict=True))
+    assert differing >= 2
+
+
+@pytest.mark.slow
+def test_logit_bias_on_the_end_marker_ends_the_conversation(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(smollm, logit_bias={END_MARKER: 100.0})
+    turns = sim.respond(_states(3))
+    assert all(t.ended and t.text == END_MARKER for t in turns)
+    assert all(t.metadata["tries"] == 1 for t in turns)
+
+
+@pytest.mark.slow
+def test_allow_end_false_never_ends_even_with_the_bias(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(
+        smollm, logit_bias={END_MARKER: 100.0}, allow_end=False, max_new_tokens=30, max_tries=3
+    )
+    turns = sim.respond(_states(3, first_seed=7))
+    assert not any(t.ended for t in turns)
+    assert all(END_MARKER not in t.metadata["raw"] and t.text.strip() for t in turns)
+
+
+def _spy_on_generate(monkeypatch: pytest.MonkeyPatch, model: Any) -> list[int]:
+    sizes: list[int] = []
+    real: Callable[..., Any] = model.generate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        sizes.append(int(kwargs["input_ids"].shape[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    return sizes
+
+
+@pytest.mark.slow
+def test_only_rejected_rows_are_regenerated(
+    smollm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _spy_on_generate(monkeypatch, smollm.model)
+    sim = UserLMSimulator(smollm, max_words=6, max_tries=3, max_new_tokens=16, allow_end=False)
+    turns = sim.respond(_states(4, first_seed=30))
+    tries = [t.metadata["tries"] for t in turns]
+    assert sizes[0] == 4 and len(sizes) > 1
+    assert sizes == [sum(n > k for n in tries) for k in range(len(sizes))]
+    for turn in turns:
+        if "guardrail_failed" in turn.metadata:
+            assert turn.metadata["tries"] == 3 and turn.text.strip()
+        else:
+            assert count_words(turn.text) <= 6
+
+
+@pytest.mark.slow
+def test_only_empty_candidates_raise(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(smollm, logit_bias={"\n": 100.0}, max_new_tokens=3, max_tries=2)
+    with pytest.raises(LLMCallError, match="no usable text"):
+        sim.respond(_states(1))
