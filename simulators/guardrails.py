@@ -7,8 +7,9 @@ Two kinds of pieces live here:
   and names the first rule a candidate turn breaks.
 * Logits processors for Hugging Face ``generate``: :class:`BanFirstTokens` (no "I" / "You" /
   "Here" opening), :class:`SuppressTokens` (forbid the end marker) and :class:`TokenSequenceBias`
-  (a text -> bias hook). They are plain callables ``(input_ids, scores) -> scores``, which
-  ``LogitsProcessorList`` accepts, so importing this module does not import torch.
+  (a text -> bias hook); and one stopping criterion, :class:`WordLimitStop`, which stops a row
+  as soon as it is sure to be too long. They are plain callables, which ``LogitsProcessorList``
+  and ``StoppingCriteriaList`` accept, so importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "SuppressTokens",
     "TokenSequenceBias",
     "TurnChecks",
+    "WordLimitStop",
     "count_words",
     "earlier_texts",
     "first_token_ids",
@@ -174,3 +176,25 @@ def _matched_prefix(tail: list[int], ids: list[int]) -> int:
         if tail[-length:] == ids[:length]:
             return length
     return 0
+
+
+class WordLimitStop:
+    """Stopping criterion: a row is done once its generated text has more than ``max_words``.
+
+    Appending tokens never lowers :func:`count_words`, so such a row would be rejected as too
+    long whatever followed; stopping it early lets the batch finish sooner.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int, max_words: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.max_words = max_words
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        texts = self.tokenizer.batch_decode(
+            input_ids[:, self.prompt_length :], skip_special_tokens=True
+        )
+        done = [count_words(text) > self.max_words for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

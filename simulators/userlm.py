@@ -10,7 +10,8 @@ Guardrails (paper appendix D.1), each switchable in :class:`UserLMConfig`:
 1. The first generated token may not start "I", "You" or "Here" (:class:`BanFirstTokens`).
 2. ``allow_end=False`` forbids the end marker at every step (:class:`SuppressTokens`); when the
    tokenizer has no end-marker token, the first token of the marker's spelling is banned.
-3. Turns with fewer than ``min_words`` or more than ``max_words`` words are rejected.
+3. Turns with fewer than ``min_words`` or more than ``max_words`` words are rejected; a row
+   stops generating as soon as it passes ``max_words`` (:class:`WordLimitStop`).
 4. Verbatim repeats of an earlier user turn or of the intent are rejected.
 
 Rejected rows, and only those, are generated again in the next batched call, up to
@@ -45,6 +46,7 @@ from simulators.guardrails import (
     SuppressTokens,
     TokenSequenceBias,
     TurnChecks,
+    WordLimitStop,
     earlier_texts,
     first_token_ids,
     word_variants,
@@ -74,7 +76,7 @@ class UserLMConfig:
     min_words: int | None = 3  # shortest accepted turn in words; None = no lower bound
     max_words: int | None = 25  # longest accepted turn in words; None = no upper bound
     reject_repeats: bool = True  # resample verbatim repeats of earlier user turns or the intent
-    max_tries: int = 8  # generations per row before returning a flagged candidate
+    max_tries: int = 8  # generations per row before returning a flagged candidate (1 if greedy)
     batch_size: int = 16  # rows per generate call
     logit_bias: dict[str, float] | None = None  # text -> additive bias on its tokens (test hook)
     dtype: str | None = None  # model dtype name; None = float32 on CPU, bfloat16 on GPU
@@ -113,7 +115,9 @@ class Candidate:
         meta = {"tries": tries, "raw": self.raw, "truncated": self.truncated, **extra}
         if self.end_marker_cut:
             meta["end_marker_cut"] = True
-        return UserTurn(text=END_MARKER if self.ended else self.text, ended=self.ended, metadata=meta)
+        return UserTurn(
+            text=END_MARKER if self.ended else self.text, ended=self.ended, metadata=meta
+        )
 
 
 def judge(
@@ -203,11 +207,13 @@ class UserLMSimulator:
             tokenizer.pad_token = tokenizer.eos_token
         self._marker_id = self._single_token_id(self.config.end_marker)
         self._stop_ids = self._stop_token_ids()
+        self._boundary = (set(self._stop_ids) | set(tokenizer.all_special_ids)) - {self._marker_id}
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """Return the next user turn of each state (see the module docstring for guardrails)."""
         rows = [_Pending(state, earlier_texts(state)) for state in states]
-        for attempt in range(self.config.max_tries):
+        tries = self.config.max_tries if self.config.do_sample else 1  # greedy cannot vary
+        for attempt in range(tries):
             pending = [row for row in rows if row.result is None]
             if not pending:
                 break
@@ -250,7 +256,11 @@ class UserLMSimulator:
     def _generate_chunk(self, prompts: list[str], seeds: list[int]) -> list[tuple[str, bool]]:
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
         batch = tokenizer(
-            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
         ).to(model.device)
         prompt_length = batch["input_ids"].shape[1]
         with torch.inference_mode():
@@ -258,6 +268,7 @@ class UserLMSimulator:
                 **batch,
                 generation_config=self._generation_config(),
                 logits_processor=self._processors(prompt_length, seeds),
+                stopping_criteria=self._stopping(prompt_length),
                 tokenizer=tokenizer,
             )
         return [self._decode(row.tolist()) for row in output[:, prompt_length:]]
@@ -281,7 +292,10 @@ class UserLMSimulator:
         cfg, tokenizer = self.config, self.loaded.tokenizer
         processors: list[Any] = []
         if cfg.logit_bias:
-            encoded = [(tokenizer.encode(t, add_special_tokens=False), b) for t, b in cfg.logit_bias.items()]
+            encoded = [
+                (tokenizer.encode(t, add_special_tokens=False), b)
+                for t, b in cfg.logit_bias.items()
+            ]
             processors.append(TokenSequenceBias(encoded))
         if cfg.ban_first_words:
             banned = first_token_ids(tokenizer, word_variants(cfg.ban_first_words))
@@ -292,14 +306,20 @@ class UserLMSimulator:
             processors.append(SeededSampler(seeds, cfg.temperature, cfg.top_p))
         return LogitsProcessorList(processors)
 
+    def _stopping(self, prompt_length: int) -> Any:
+        from transformers import StoppingCriteriaList
+
+        limit = self.config.max_words
+        if limit is None:
+            return StoppingCriteriaList()
+        return StoppingCriteriaList([WordLimitStop(self.loaded.tokenizer, prompt_length, limit)])
+
     def _decode(self, ids: list[int]) -> tuple[str, bool]:
         """Decode one row's new tokens up to its end of turn; report whether it was cut short."""
-        boundary = set(self._stop_ids) | set(self.loaded.tokenizer.all_special_ids)
-        boundary.discard(self._marker_id)
         for position, token in enumerate(ids):
             if token == self._marker_id:  # keep text before it: judge() decides
                 return self.loaded.tokenizer.decode(ids[: position + 1]), False
-            if token in boundary:
+            if token in self._boundary:  # end of turn, padding, or any other special token
                 return self.loaded.tokenizer.decode(ids[:position]), False
         text = self.loaded.tokenizer.decode(ids)
         return text, self.config.end_marker not in text

@@ -120,7 +120,7 @@ def test_first_load_converts_and_writes_a_complete_entry(converted: dict[str, An
 @pytest.mark.slow
 def test_cached_load_in_fresh_process_is_5x_faster(converted: dict[str, Any]) -> None:
     child = (
-        "import json, time, torch, transformers\n"
+        "import json, time, torch, transformers.modeling_utils\n"
         "from userlm_env.models import load_model\n"
         f"m = load_model({EMBEDDED_MODEL!r}, cache_dir={str(converted['cache'])!r})\n"
         "print(json.dumps({'s': m.load_seconds, 'cached': m.from_cache}))\n"

@@ -22,7 +22,10 @@ from typing import Any
 
 from userlm_env.errors import EpisodeStateError, ReplyTooLongError, UserLMEnvError
 from userlm_env.labels import HeuristicLabeler, ReplyLabeler
+from userlm_env.metrics.diversity import EpisodeHistory, diversity_against
+from userlm_env.metrics.episode import EpisodeMetricsConfig, EpisodeView, episode_metrics, pace
 from userlm_env.metrics.shards import LexicalShardMatcher, ShardMatcher
+from userlm_env.metrics.text import unigrams
 from userlm_env.tasks import Task, make_task
 from userlm_env.types import END_MARKER, ConversationState, Message, Score, UserTurn
 
@@ -93,6 +96,12 @@ class ConversationCore:
         tasks: Scorers by task name; missing ones are built from the task registry.
         max_reply_chars: Longest accepted assistant reply, in characters.
         labeler: Labels each reply (answer attempt, clarification...); heuristic by default.
+        metrics: Settings of the episode metrics in the final ``info`` (drift length, the
+            Add Demands detector...).
+
+    Attributes:
+        history: User-turn unigrams of the finished episodes per intent, for the ``diversity``
+            value of ``info`` (the envs clear it on a seeded ``reset``).
     """
 
     def __init__(
@@ -104,6 +113,7 @@ class ConversationCore:
         tasks: Mapping[str, Task] | None = None,
         max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
         labeler: ReplyLabeler | None = None,
+        metrics: EpisodeMetricsConfig | None = None,
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
@@ -113,6 +123,8 @@ class ConversationCore:
         self.tasks: dict[str, Task] = dict(tasks or {})
         self.max_reply_chars = max_reply_chars
         self.labeler = labeler or HeuristicLabeler()
+        self.metrics = metrics or EpisodeMetricsConfig()
+        self.history = EpisodeHistory()
 
     # ------------------------------------------------------------------ public API
     def start(self, states: Sequence[ConversationState]) -> list[StepOutcome]:
@@ -257,16 +269,29 @@ class ConversationCore:
     def _outcome(self, state: ConversationState, score: Score | None) -> StepOutcome:
         reason = state.termination_reason
         observation = END_MARKER if reason is not None else state.user_turns[-1].text
+        intent_id = state.intent.task_id
+        info = self.info(
+            state, score, reason, earlier=self.history.earlier(intent_id), metrics=self.metrics
+        )
+        if reason is not None:
+            self.history.add(intent_id, _user_unigrams(state))
         return StepOutcome(
             observation=observation,
             reward=score.reward if score is not None else 0.0,
             terminated=reason in (TerminationReason.SOLVED, TerminationReason.USER_ENDED),
             truncated=reason == TerminationReason.MAX_TURNS,
-            info=self.info(state, score, reason),
+            info=info,
         )
 
     @staticmethod
-    def info(state: ConversationState, score: Score | None, reason: str | None) -> dict[str, Any]:
+    def info(
+        state: ConversationState,
+        score: Score | None,
+        reason: str | None,
+        *,
+        earlier: Sequence[frozenset[str]] = (),
+        metrics: EpisodeMetricsConfig | None = None,
+    ) -> dict[str, Any]:
         """The ``info`` dict of a step.
 
         Keys: ``messages`` (OpenAI chat format, copied), ``turn`` (user turns so far),
@@ -275,10 +300,16 @@ class ConversationCore:
         ``reply_label`` (of the reply just scored; ``None`` at reset),
         ``termination_reason`` (``None`` while running, else ``"solved"``, ``"user_ended"``
         or ``"max_turns"``), ``revealed_shards`` (sorted ids revealed so far), ``coverage``
-        (their fraction of all shards), ``user_ended``, ``user_turn_metadata``.
+        (their fraction of all shards), ``user_ended``, ``user_turn_metadata``,
+        ``pace`` (the latest spoken user turn: ``turn``, ``words``, ``cumulative_words``,
+        ``new_shards``), ``diversity`` (``1 -`` mean unigram Jaccard of this episode's user
+        turns so far with each of the ``earlier`` episodes on the intent; ``None`` without
+        any) and, once the episode ended, ``episode_metrics`` (see
+        :func:`userlm_env.metrics.episode.episode_metrics`).
         """
         revealed = sorted(state.revealed_ids)
-        return {
+        view = EpisodeView.from_state(state)
+        info = {
             "messages": [dict(m) for m in state.messages],
             "turn": state.turn,
             "intent_id": state.intent.task_id,
@@ -293,4 +324,13 @@ class ConversationCore:
             "coverage": len(revealed) / len(state.intent.shards),
             "user_ended": state.user_turns[-1].ended,
             "user_turn_metadata": dict(state.user_turns[-1].metadata),
+            "pace": pace(view),
+            "diversity": diversity_against(unigrams(view.user_texts), earlier),
         }
+        if reason is not None:
+            info["episode_metrics"] = episode_metrics(view, metrics)
+        return info
+
+
+def _user_unigrams(state: ConversationState) -> frozenset[str]:
+    return unigrams(t.text for t in state.user_turns if not t.ended)

@@ -90,9 +90,14 @@ class ConversationEnv(gym.Env[str, str]):
     and ``score_detail`` (for the reply just scored), ``solved_any``, ``termination_reason``
     (``None`` while running), ``revealed_shards`` (ids revealed so far), ``coverage`` (their
     fraction of the intent's shards), ``user_ended``, ``user_turn_metadata`` (simulator facts,
-    e.g. guardrail tries) and ``episode_index`` (earlier episodes on this intent in this env
-    since the last ``reset`` with an explicit ``seed``, which starts a fresh history so that
-    the same seed always gives the same episode and ``info``).
+    e.g. guardrail tries), ``pace`` (the latest user turn's index, words, the user's words so
+    far and the shards it newly revealed), ``diversity`` (unigram difference of this episode's
+    user turns with earlier finished episodes on the intent; ``None`` for the first),
+    ``episode_metrics`` once the episode ended (intent coverage, repeat required, skip
+    non-required, add demands and the role-break / drift / premature-end flags; see
+    :mod:`userlm_env.metrics.episode`) and ``episode_index`` (earlier episodes on this intent
+    in this env since the last ``reset`` with an explicit ``seed``, which starts a fresh
+    history so that the same seed always gives the same episode and ``info``).
 
     ## Arguments
     * ``simulator``: a name from :data:`simulators.SIMULATORS` (``"userlm"``, ``"sharded"``,
@@ -151,6 +156,7 @@ class ConversationEnv(gym.Env[str, str]):
         super().reset(seed=seed)
         if seed is not None:  # a new seed starts a new experiment: forget the episode history
             self._episodes_per_intent.clear()
+            self.core.history.clear()  # the user turns behind info["diversity"]
         intent = self._pick_intent(options or {})
         state = ConversationState(
             intent=intent,

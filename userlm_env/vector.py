@@ -131,6 +131,7 @@ class ConversationVectorEnv(VectorEnv):
         if seed is None:
             return
         self._episodes_per_intent.clear()  # a new seed starts a new experiment
+        self.core.history.clear()  # and forgets the user turns behind info["diversity"]
         seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
         if len(seeds) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")

@@ -20,6 +20,7 @@ from simulators.guardrails import (
     SuppressTokens,
     TokenSequenceBias,
     TurnChecks,
+    WordLimitStop,
     count_words,
     earlier_texts,
     first_token_ids,
@@ -52,7 +53,9 @@ HISTORY: list[Message] = [
 ]
 
 
-def _states(count: int, *, first_seed: int = 0, with_history: bool = True) -> list[ConversationState]:
+def _states(
+    count: int, *, first_seed: int = 0, with_history: bool = True
+) -> list[ConversationState]:
     states = []
     for i in range(count):
         messages = list(HISTORY) if with_history and i % 2 else []
@@ -119,6 +122,9 @@ class _FakeTokenizer:
     def decode(self, ids: list[int]) -> str:
         return "".join(chr(i) for i in ids)
 
+    def batch_decode(self, rows: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(row.tolist()) for row in rows]
+
 
 def test_word_variants_and_first_token_ids_skip_whitespace() -> None:
     forms = word_variants(["I", "you"])
@@ -151,6 +157,14 @@ def test_token_sequence_bias_follows_the_longest_matched_prefix() -> None:
     out = processor(inputs, torch.zeros(4, 8))
     assert out.argmax(dim=-1).tolist() == [3, 4, 5, 3]
     assert out.sum(dim=-1).tolist() == [10.0] * 4  # one biased token per row
+
+
+def test_word_limit_stop_fires_once_a_row_exceeds_the_limit() -> None:
+    stop = WordLimitStop(_FakeTokenizer(), prompt_length=2, max_words=3)
+    rows = ["..ab cd ef", "..ab cd ef gh", "..a-b c ! d"]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[ord(c) for c in r.ljust(width)] for r in rows])
+    assert stop(ids, None).tolist() == [False, True, False]
 
 
 def test_seeded_sampler_is_reproducible_per_row_and_respects_top_p() -> None:
@@ -246,7 +260,7 @@ def test_guardrails_hold_on_real_generations(
 def test_same_states_give_the_same_turns(
     smollm: LoadedModel, default_run: tuple[list[ConversationState], list[UserTurn]]
 ) -> None:
-    states, turns = default_run
+    _, turns = default_run
     again = UserLMSimulator(smollm).respond(_states(4))
     assert [t.text for t in again] == [t.text for t in turns]
     assert [t.metadata["tries"] for t in again] == [t.metadata["tries"] for t in turns]
@@ -306,6 +320,14 @@ def test_only_rejected_rows_are_regenerated(
             assert turn.metadata["tries"] == 3 and turn.text.strip()
         else:
             assert count_words(turn.text) <= 6
+
+
+@pytest.mark.slow
+def test_greedy_decoding_spends_one_try(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(smollm, do_sample=False, max_new_tokens=16, min_words=None)
+    turns = sim.respond(_states(2))
+    assert [t.metadata["tries"] for t in turns] == [1, 1]
+    assert [t.text for t in sim.respond(_states(2, first_seed=50))] == [t.text for t in turns]
 
 
 @pytest.mark.slow

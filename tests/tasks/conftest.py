@@ -40,6 +40,6 @@ def problems() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def code_task() -> Iterator[CodeTask]:
     """One code task (and sandbox) shared by the tests; closed at the end."""
-    task = CodeTask(SandboxConfig(timeout_s=4.0, cpu_s=4))
+    task = CodeTask(SandboxConfig(timeout_s=2.0, cpu_s=2, workers=2))
     yield task
     task.close()

@@ -31,8 +31,12 @@ HEADER = "from typing import List\nimport os, sys, signal, time, threading, subp
 def reply_with(body: str, module: str = "") -> str:
     """A reply defining ``has_close_elements`` with ``body``, after module-level ``module``."""
     function = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
-    code = HEADER + textwrap.dedent(module) + "\n" + function + textwrap.indent(
-        textwrap.dedent(body), "    "
+    code = (
+        HEADER
+        + textwrap.dedent(module)
+        + "\n"
+        + function
+        + textwrap.indent(textwrap.dedent(body), "    ")
     )
     return f"Sure!\n\n```python\n{code}\n```\n"
 
@@ -70,8 +74,8 @@ def hostile(
     """Score a hostile reply; afterwards check the aftermath (processes, files, next program)."""
     outside = [Path("/tmp") / marker, REPO_ROOT / marker, Path.home() / marker]
 
-    def score(reply: str) -> Score:
-        result = code_task.score(reply.replace("MARKER", marker), intent0)
+    def score(reply: str, task: CodeTask = code_task) -> Score:
+        result = task.score(reply.replace("MARKER", marker), intent0)
         assert result.reward == 0.0 and not result.solved, result
         return result
 
@@ -80,8 +84,10 @@ def hostile(
     assert processes_with(marker) == [], "a hostile process outlived its run"
     for path in outside:
         assert not path.exists(), f"the program wrote {path}"
-    follow_up = code_task.score(canonical_reply(problems["HumanEval/0"]), intent0)
-    assert follow_up.solved, f"the next program failed: {follow_up}"
+    workers = code_task.sandbox.config.worker_count  # one follow-up per worker
+    canonical = canonical_reply(problems["HumanEval/0"])
+    follow_ups = code_task.score_many([canonical] * workers, [intent0] * workers)
+    assert all(s.solved for s in follow_ups), f"the next program failed: {follow_ups}"
 
 
 # --- verdict integrity -------------------------------------------------------------------------
@@ -126,7 +132,8 @@ def test_printing_success_does_not_pass(hostile: Any) -> None:
 @pytest.mark.parametrize(
     "module",
     [
-        "class Yes:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n"
+        "class Yes:\n    def __eq__(self, other): return True\n"
+        "    def __ne__(self, other): return False\n"
         "    def __bool__(self): return True\nANSWER = Yes()\n",
         "class Yes(int):\n    def __eq__(self, other): return True\n    __hash__ = int.__hash__\n"
         "ANSWER = Yes(1)\n",
@@ -176,7 +183,8 @@ def test_reading_the_tests_or_answer_key_does_not_pass(hostile: Any) -> None:
         for args, want in re.findall(r"candidate\\((.*)\\) == (True|False)", text):
             EXPECTED[args.replace(" ", "")] = want == "True"
     SOLUTION = None
-    FOUND = [p for base in sys.path for p in glob.glob(base + "/**/HumanEval.jsonl.gz", recursive=True)]
+    PATTERN = "/**/HumanEval.jsonl.gz"
+    FOUND = [p for base in sys.path for p in glob.glob(base + PATTERN, recursive=True)]
     for path in FOUND:
         for line in gzip.open(path, "rt"):
             record = json.loads(line)
@@ -220,7 +228,12 @@ def test_memory_bomb_hits_the_memory_limit(hostile: Any) -> None:
 
 
 def test_growing_memory_hits_the_memory_limit(hostile: Any) -> None:
-    score = hostile(reply_with("hog = []\nwhile True:\n    hog.append(bytearray(2**24))"))
+    small = CodeTask(SandboxConfig(memory_mb=256, workers=1))  # reached quickly, even on busy CPUs
+    try:
+        body = "hog = []\nwhile True:\n    hog.append(bytearray(2**24))"
+        score = hostile(reply_with(body), small)
+    finally:
+        small.close()
     assert score.detail == "memory limit"
 
 
@@ -376,19 +389,45 @@ def test_network_is_unreachable(hostile: Any) -> None:
 # --- the worker itself ------------------------------------------------------------------------
 
 
-def test_worker_death_is_survived(
-    intent0: Intent, problems: dict[str, dict[str, Any]]
+def test_files_do_not_survive_into_the_next_program(
+    intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
 ) -> None:
     task = CodeTask(SandboxConfig(timeout_s=4.0, workers=1))
+    writer = f"""
+    for path in ("{marker}", "/tmp/{marker}", os.path.join(os.environ["HOME"], "{marker}")):
+        with open(path, "w") as handle:
+            handle.write("left behind")
+    return True
+    """
+    # Correct only if the first program's files are still there: reward 0 proves they are not.
+    reader = f"""
+    import glob
+    if glob.glob("/tmp/**/{marker}", recursive=True) or os.path.exists("/tmp/{marker}"):
+        return any(abs(a - b) < threshold for i, a in enumerate(numbers)
+                   for b in numbers[i + 1:])
+    return None
+    """
     try:
+        assert task.score(reply_with(writer), intent0).reward == 0.0
+        assert task.score(reply_with(reader), intent0).reward == 0.0
         assert task.score(canonical_reply(problems["HumanEval/0"]), intent0).solved
+    finally:
+        task.close()
+
+
+def test_worker_death_is_survived(intent0: Intent, problems: dict[str, dict[str, Any]]) -> None:
+    task = CodeTask(SandboxConfig(timeout_s=4.0, workers=1))
+    canonical = canonical_reply(problems["HumanEval/0"])
+    try:
+        assert task.score(canonical, intent0).solved
         pool = task.sandbox._pool
         assert pool is not None
         for worker in list(pool.live):
             os.killpg(worker._proc.pid, 9)
-        after = task.score(canonical_reply(problems["HumanEval/0"]), intent0)
-        again = task.score(canonical_reply(problems["HumanEval/0"]), intent0)
-        assert after.reward == 0.0 or after.solved
-        assert again.solved
+        # The kill lands asynchronously: at most one program may see the dying worker.
+        scores = [task.score(canonical, intent0) for _ in range(3)]
+        failures = [s for s in scores if not s.solved]
+        assert len(failures) <= 1 and scores[-1].solved, scores
+        assert all(s.reward == 0.0 and s.detail == "sandbox worker died" for s in failures)
     finally:
         task.close()

@@ -1,5 +1,67 @@
-"""Metrics of simulated conversations: shard matching, coverage, pace and diversity."""
+"""Metrics of simulated conversations, each implemented once and used by the envs' ``info``,
+the experiment reports and the tests.
 
-from userlm_env.metrics.shards import LexicalShardMatcher, ShardMatcher
+* :mod:`~userlm_env.metrics.text`: tokens, lemmas (simplemma) and stopwords (stop-words).
+* :mod:`~userlm_env.metrics.shards`: which shards a user turn reveals (lexical matcher, LLM
+  judge) and matcher precision / recall / F1.
+* :mod:`~userlm_env.metrics.episode`: per-conversation metrics (coverage, pace, repeat / skip /
+  add) and faithfulness flags (role break, drift, premature end).
+* :mod:`~userlm_env.metrics.diversity`: exact pairwise Jaccard as matrix operations.
+* :mod:`~userlm_env.metrics.suite`: the paper's Table 3 over many conversations.
+* :mod:`~userlm_env.metrics.intrinsic`: the paper's Table 2 (first-turn diversity, intent
+  decomposition, termination F1, role and intent adherence, naturalness hook).
+* :mod:`~userlm_env.metrics.judge`: JSON replies, retries and disk cache of the LLM judges.
+"""
 
-__all__ = ["LexicalShardMatcher", "ShardMatcher"]
+from userlm_env.metrics.diversity import (
+    EpisodeHistory,
+    mean_pairwise_jaccard,
+    pairwise_jaccard,
+    unigram_difference,
+)
+from userlm_env.metrics.episode import (
+    DemandDetector,
+    EpisodeMetricsConfig,
+    EpisodeView,
+    LexicalDemandDetector,
+    LLMDemandJudge,
+    RoleBreakDetector,
+    episode_metrics,
+    pace,
+)
+from userlm_env.metrics.shards import (
+    LabelledTurn,
+    LexicalShardMatcher,
+    LLMJudgeShardMatcher,
+    MatchScores,
+    ShardMatcher,
+    match_turns,
+    matcher_scores,
+)
+from userlm_env.metrics.suite import SUITE, SimulatedEpisode, SuiteMetric, compute_suite
+
+__all__ = [
+    "SUITE",
+    "DemandDetector",
+    "EpisodeHistory",
+    "EpisodeMetricsConfig",
+    "EpisodeView",
+    "LLMDemandJudge",
+    "LLMJudgeShardMatcher",
+    "LabelledTurn",
+    "LexicalDemandDetector",
+    "LexicalShardMatcher",
+    "MatchScores",
+    "RoleBreakDetector",
+    "ShardMatcher",
+    "SimulatedEpisode",
+    "SuiteMetric",
+    "compute_suite",
+    "episode_metrics",
+    "match_turns",
+    "matcher_scores",
+    "mean_pairwise_jaccard",
+    "pace",
+    "pairwise_jaccard",
+    "unigram_difference",
+]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from userlm_env.errors import DataError
 from userlm_env.tasks.sandbox import Program, RunResult, Sandbox, SandboxConfig
@@ -73,7 +75,7 @@ def _bare_region(text: str, name: str) -> str:
     end = index + 1
     while end < len(lines) and _is_code_line(lines[end]):
         end += 1
-    region = lines[start:end]
+    region = textwrap.dedent("\n".join(lines[start:end])).splitlines()
     for stop in range(len(region), index - start, -1):
         candidate = "\n".join(region[:stop])
         try:
@@ -108,17 +110,17 @@ def _prompt_parts(prompt: str, entry_point: str) -> tuple[list[str], dict[str, s
     except SyntaxError:
         imports = re.findall(r"^(?:import|from)\s.*$", prompt, re.M)
         return imports, {}
-    imports, helpers = [], {}
+    imports, helpers, lines = [], {}, prompt.splitlines()
     for node in tree.body:
-        segment = ast.get_source_segment(prompt, node) or ""
         if isinstance(node, ast.Import | ast.ImportFrom):
-            imports.append(segment)
+            imports.append(ast.get_source_segment(prompt, node) or "")
         elif isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name != entry_point:
-            helpers[node.name] = segment
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            helpers[node.name] = "\n".join(lines[first - 1 : node.end_lineno])
     return imports, helpers
 
 
-def build_program(code: str, reference: dict[str, str] | object) -> Program:
+def build_program(code: str, reference: Mapping[str, Any]) -> Program:
     """The sandbox program for ``code`` against a HumanEval reference.
 
     Raises:
@@ -128,7 +130,8 @@ def build_program(code: str, reference: dict[str, str] | object) -> Program:
     imports, helpers = _prompt_parts(prompt, entry_point)
     defined = _top_level_names(code)
     needed = [source for name, source in helpers.items() if name not in defined]
-    source = "\n".join([*imports, *needed, code]) + "\n"
+    source = "\n".join([*imports, *needed, code])
+    source += "" if source.endswith("\n") else "\n"
     return Program(source=source, test=test, entry_point=entry_point, setup=prompt)
 
 

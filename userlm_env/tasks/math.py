@@ -189,14 +189,21 @@ def extract_answer(reply: str) -> Fraction | None:
 
 
 def is_answer_attempt(reply: str) -> bool:
-    """Whether ``reply`` claims an answer (and is not only a clarifying question)."""
+    """Whether ``reply`` claims an answer (and is not only a clarifying question).
+
+    An attempt has an answer marker, or a number outside its questions; a number written in
+    words ("one", "twelve") counts only when the reply does not end with a question, since
+    clarifying questions often say "one".
+    """
     text = _clean(reply).strip()
     if not text:
         return False
     if _marked(text) is not None:
         return True
     statements = _statements(text)
-    return bool(_numbers(statements) or _word_numbers(statements))
+    if _numbers(statements):
+        return True
+    return bool(_word_numbers(statements)) and not text.endswith("?")
 
 
 def parse_number(text: str) -> Fraction:

@@ -12,12 +12,13 @@ Usage::
 
 How a program runs (one warm worker per CPU, each started once under bubblewrap)
     The model's code runs in a *candidate* process forked per program from a clean zygote; the
-    trusted tests run in a separate *judge* process that calls the candidate's function through
-    a proxy. Arguments and results cross as plain data (``None``, ``bool``, ``int``, ``float``,
-    ``complex``, ``str``, ``bytes``, and lists/tuples/dicts/sets of them), rebuilt by the judge
-    from JSON. The judge writes its verdict, prefixed by a per-run random nonce, to a pipe that
-    only it and the worker hold. A program passes only when that verdict says ``check`` ran,
-    called the candidate and returned.
+    trusted tests run in a separate, unprivileged *judge* process that calls the candidate's
+    function through a proxy. Arguments and results cross as plain data (``None``, ``bool``,
+    ``int``, ``float``, ``complex``, ``str``, ``bytes``, and lists/tuples/dicts/sets of them),
+    rebuilt by the judge from JSON. Calls whose arguments are literals in the test are sent in
+    one batch up front (one round trip), the rest one by one. The judge returns its verdict
+    with a per-run random nonce on a socket only it and the worker hold. A program passes only
+    when that verdict says ``check`` ran, called the candidate and returned.
 
 What it protects against
     * Forged verdicts: early exits (``os._exit(0)``, ``sys.exit``, ``SystemExit``, ``atexit``,
@@ -43,12 +44,17 @@ What it does NOT protect against
     * Reading world-readable files under ``/usr`` and the Python installation.
     * A program creating its own user namespaces (allowed by most kernels; they gain nothing
       outside the sandbox's namespaces).
-    * Tests that trust their own inputs to be untouched, or that accept any exception: the
-      judge only guarantees what the tests check.
+    * Weak tests: the judge only guarantees what the tests check. Arguments reach the
+      candidate as copies, so a test cannot observe in-place mutation; a test that accepts any
+      exception accepts the candidate's. The candidate sees the literal arguments of all test
+      calls at once (never the expected results), and a function that keeps state between
+      calls sees them in that batch order.
     * Weaker layers: under ``unshare`` the file system is the host's (writable where the
-      program's uid may write, e.g. ``/tmp``) and there is no private ``/tmp``; under ``none``
-      there are no namespaces; on non-root hosts there is no uid separation, so a program can
-      kill its worker (which then restarts) and process counts are not limited.
+      program's uid may write, e.g. ``/tmp``; readable in full when the Python installation is
+      not world-readable, since programs then keep CAP_DAC_READ_SEARCH to load it); under
+      ``none`` there are no namespaces either; on non-root hosts there is no uid separation,
+      so a program can signal every process of the user (under ``none``: the whole session),
+      kill its worker (which then restarts), and process counts are not limited.
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ def _serve(source: str, entry_point: str, limit: int) -> None:
     namespace: dict[str, Any] = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
         exec(compile(source, "<candidate>", "exec"), namespace)
+        if entry_point not in namespace:
+            raise NameError(f"{entry_point} is not defined at the top level")
         function = namespace[entry_point]
         if not callable(function):
             raise TypeError(f"{entry_point} is not callable")
@@ -63,7 +65,10 @@ def _serve(source: str, entry_point: str, limit: int) -> None:
         return
     _send({"ready": True})
     while (call := wire.read_message(3, limit)) is not None:
-        _send(_answer(function, call))
+        if "batch" in call:
+            _send({"batch": [_answer(function, one) for one in call["batch"]]})
+        else:
+            _send(_answer(function, call))
 
 
 def _forget(error: BaseException) -> dict[str, str]:

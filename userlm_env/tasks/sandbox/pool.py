@@ -73,6 +73,10 @@ class _Worker:
             return None
         return reply if isinstance(reply, dict) and "status" in reply else None
 
+    def alive(self) -> bool:
+        """Whether the worker's outermost process is still running."""
+        return self._proc.poll() is None
+
     def stderr_tail(self) -> str:
         """The end of what the worker wrote to its standard error (for error messages)."""
         with contextlib.suppress(OSError, ValueError):
@@ -98,15 +102,19 @@ class _Pool:
     """The mutable state of a sandbox: threads, worker slots and every live worker."""
 
     def __init__(self, size: int) -> None:
+        self.owner_pid = os.getpid()  # a forked copy of the host must not touch these workers
         self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sandbox")
-        self.slots: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
+        # LIFO: the most recently used (warm) worker serves next; started workers come first
+        self.slots: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
         self.live: set[_Worker] = set()
         self.lock = threading.Lock()
         for _ in range(size):
             self.slots.put(None)
 
     def shutdown(self) -> None:
-        """Wait for running programs, then kill every worker."""
+        """Wait for running programs, then kill every worker (only in the owning process)."""
+        if os.getpid() != self.owner_pid:
+            return
         self.executor.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             workers, self.live = list(self.live), set()
@@ -180,6 +188,8 @@ class Sandbox:
 
     def _ensure_pool(self) -> _Pool:
         with self._lock:
+            if self._pool is not None and self._pool.owner_pid != os.getpid():
+                self._pool = None  # we are a forked copy: start workers of our own
             if self._pool is None:
                 _ = self.isolation  # fail fast, in the caller's thread
                 self._pool = _Pool(self.config.worker_count)
@@ -204,26 +214,33 @@ class Sandbox:
         worker.kill()
 
     def _run_one(self, pool: _Pool, program: Program) -> RunResult:
+        """Run one program on an idle worker (started if needed); replace it if it broke."""
         worker = pool.slots.get()
         try:
-            if worker is None:
-                worker = self._start_worker(pool)
-            job = {
-                "source": program.source,
-                "test": program.test,
-                "setup": program.setup,
-                "entry_point": program.entry_point,
-                "timeout_s": self.config.timeout_s,
-            }
-            reply = worker.run(job, time.monotonic() + self.config.timeout_s + _HOST_SLACK_S)
-            if reply is None or reply.get("fatal"):
-                detail = "sandbox worker died" if reply is None else str(reply.get("detail"))
+            if worker is not None and not worker.alive():
                 self._retire(pool, worker)
                 worker = None
-                return _error(detail)
+            if worker is None:
+                worker = self._start_worker(pool)
+            deadline = time.monotonic() + self.config.timeout_s + _HOST_SLACK_S
+            reply = worker.run(self._job(program), deadline)
+            if reply is None or reply.get("fatal") or reply.get("restart"):
+                self._retire(pool, worker)  # dead, broken, or could not clean up after itself
+                worker = None
+            if reply is None or reply.get("fatal"):
+                return _error("sandbox worker died" if reply is None else str(reply.get("detail")))
             return _to_result(reply)
         finally:
             pool.slots.put(worker)
+
+    def _job(self, program: Program) -> dict[str, Any]:
+        return {
+            "source": program.source,
+            "test": program.test,
+            "setup": program.setup,
+            "entry_point": program.entry_point,
+            "timeout_s": self.config.timeout_s,
+        }
 
 
 def _to_result(reply: dict[str, Any]) -> RunResult:

@@ -6,19 +6,20 @@ library only. The host starts it inside the isolation layer as
 
 Processes of one worker (one sandbox instance, started once, serving many programs)::
 
-    warden (W)      talks to the host over stdin/stdout; holds the tests and the verdict nonce
+    warden (W)      talks to the host over stdin/stdout; holds the tests and the run's nonce
     |-- zygote (Z)  forked at start-up, before any job arrives, so it never holds a test;
     |   |           a child subreaper that kills and reaps everything a program leaves
     |   `-- candidate (C), one per program: own session, rlimits, unprivileged uid, fresh
     |               working folder; runs the model's code and answers calls over two pipes
-    `-- judge (R), one per program: runs the trusted ``setup`` + ``test`` and
+    `-- judge (R)   long-lived, unprivileged: runs the trusted ``setup`` + ``test`` and
                     ``check(candidate)``, where ``candidate`` is a proxy whose calls travel to
-                    C as plain data and whose results come back as plain data
-                    (:mod:`wire`); it writes ``nonce + verdict`` to a pipe only W and R hold.
+                    C as plain data and whose results come back as plain data (:mod:`wire`);
+                    it answers W with ``{nonce, verdict}`` on a socket only W and R hold.
 
 A program passes only when R reports, under the nonce, that ``check`` returned after calling
-the candidate. C never holds R's pipe, the nonce or the test text, and when the worker runs as
-root C runs under its own uid, so it can neither signal nor trace W, Z or R.
+the candidate. C never holds R's socket, the nonce or the test text, and when the worker runs
+as root C runs under its own uid, so it can neither signal nor trace W, Z or R. At the
+deadline W kills R (a fresh one serves the next program) and Z kills C's whole tree.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ def _zygote_main(sock: socket.socket, cfg: dict[str, Any]) -> None:
             candidate.candidate_main(job, fds, cfg)
         for fd in fds:
             os.close(fd)
-        wire.write_message(sock.fileno(), {"pid": pid})
         finish = wire.read_message(sock.fileno(), 1 << 16)
         if finish is None:
             os._exit(0)
@@ -104,6 +104,8 @@ def _wait_for(pid: int, grace_s: float) -> tuple[bool, int]:
 
 # --- warden (W) -----------------------------------------------------------------------------
 
+_JUDGE_JOBS = 256  # programs one judge process serves before it is replaced (bounds leaks)
+
 
 class _Output:
     """Keeps the first ``limit`` bytes of a stream and counts (then drops) the rest."""
@@ -121,30 +123,69 @@ class _Output:
         return self.kept.decode(errors="replace") + tail
 
 
-def _pump(streams: dict[int, Any], until_fd: int, deadline: float) -> bool:
-    """Drain ``streams`` (fd -> _Output, or bytearray for ``until_fd``) until ``until_fd`` closes.
+class _Judge:
+    """The warden's handle on the persistent judge process (R).
 
-    Returns False when the deadline passed first.
+    Forked on first use, replaced after a timeout, a crash, or ``_JUDGE_JOBS`` programs.
     """
-    open_fds = set(streams)
-    while until_fd in open_fds:
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg, self.pid, self.jobs = cfg, 0, 0
+        self.sock: socket.socket | None = None
+
+    def submit(self, fds: list[int], message: dict[str, Any]) -> int:
+        """Hand one test job to the judge (starting it if needed); returns its socket's fd."""
+        if self.sock is None or self.jobs >= _JUDGE_JOBS:
+            self.stop()
+            self._start()
+        assert self.sock is not None
+        self.jobs += 1
+        socket.send_fds(self.sock, [b"J"], fds)
+        wire.write_message(self.sock.fileno(), message)
+        return self.sock.fileno()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            judge.judge_main(theirs.detach(), self.cfg)
+        theirs.close()
+        self.pid, self.sock, self.jobs = pid, ours, 0
+
+    def stop(self) -> None:
+        """Kill and reap the judge (a later job starts a fresh one)."""
+        if self.sock is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.sock.close()
+        self.sock = None
+
+
+def _pump(outputs: dict[int, _Output], wait_fd: int, deadline: float) -> bool:
+    """Drain ``outputs`` until ``wait_fd`` is readable; False when the deadline passed first."""
+    open_fds = set(outputs)
+    while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        ready, _, _ = select.select(list(open_fds), [], [], remaining)
+        ready, _, _ = select.select([*open_fds, wait_fd], [], [], remaining)
         for fd in ready:
+            if fd == wait_fd:
+                return True
             chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                open_fds.discard(fd)
-            elif fd == until_fd:
-                streams[fd] += chunk[: max(0, (1 << 16) - len(streams[fd]))]
+            if chunk:
+                outputs[fd].add(chunk)
             else:
-                streams[fd].add(chunk)
-    return True
+                open_fds.discard(fd)
 
 
-def _run(job: dict[str, Any], zygote: socket.socket, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run one program (C via the zygote, R forked here) and classify how it ended."""
+def _run(
+    job: dict[str, Any], zygote: socket.socket, judge_process: _Judge, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Run one program (C via the zygote, the tests in the judge) and classify how it ended."""
     started = time.monotonic()
     deadline = started + float(job["timeout_s"])
     req_r, req_w = os.pipe()
@@ -153,38 +194,39 @@ def _run(job: dict[str, Any], zygote: socket.socket, cfg: dict[str, Any]) -> dic
     err_r, err_w = os.pipe()
     socket.send_fds(zygote, [b"J"], [req_r, resp_w, out_w, err_w])
     wire.write_message(zygote.fileno(), {k: job[k] for k in ("source", "entry_point", "run_id")})
-    for fd in (req_r, resp_w, out_w, err_w):
-        os.close(fd)
-    wire.read_message(zygote.fileno(), 1 << 16)  # the candidate's pid: it exists now
     nonce = os.urandom(16).hex()
-    verdict_r, verdict_w = os.pipe()
-    judge_pid = os.fork()
-    if judge_pid == 0:
-        judge.judge_main(job, [req_w, resp_r, verdict_w], nonce, cfg)
-    for fd in (req_w, resp_r, verdict_w):
+    test_job = {k: job[k] for k in ("setup", "test", "entry_point")} | {"nonce": nonce}
+    judge_fd = judge_process.submit([req_w, resp_r], test_job)
+    for fd in (req_r, resp_w, out_w, err_w, req_w, resp_r):
         os.close(fd)
-    out, err, verdict = _Output(cfg["output_limit"]), _Output(cfg["output_limit"]), bytearray()
-    streams: dict[int, Any] = {out_r: out, err_r: err, verdict_r: verdict}
-    in_time = _pump(streams, verdict_r, deadline)
-    if not in_time:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(judge_pid, signal.SIGKILL)
-    os.waitpid(judge_pid, 0)
-    verdict_data = _verdict(bytes(verdict), nonce)
-    grace = 0.25 if in_time and (verdict_data or {}).get("reason") == "died" else 0.0
+    out, err = _Output(cfg["output_limit"]), _Output(cfg["output_limit"])
+    in_time = _pump({out_r: out, err_r: err}, judge_fd, deadline)
+    verdict = _verdict(_receive(judge_fd, deadline + 1), nonce) if in_time else None
+    if verdict is None:
+        judge_process.stop()  # timed out, died or confused: the next job gets a fresh judge
+    grace = 0.25 if (verdict or {}).get("reason") == "died" else 0.0
     wire.write_message(zygote.fileno(), {"grace_s": grace})
     ending = wire.read_message(zygote.fileno(), 1 << 16)
     _drain(out_r, err_r, out, err)
-    for fd in (out_r, err_r, verdict_r):
+    for fd in (out_r, err_r):
         os.close(fd)
-    status, detail = _classify(in_time, verdict_data, ending)
+    status, detail = _classify(in_time, verdict, ending)
     return {
         "status": status,
         "detail": detail,
         "stdout": out.text(),
         "stderr": err.text(),
         "duration_s": time.monotonic() - started,
+        "restart": bool(ending.get("lingering")),  # something survived the kills: start afresh
     }
+
+
+def _receive(fd: int, deadline: float) -> Any:
+    """One message from the judge, or ``None`` if it died, stalled or sent garbage."""
+    try:
+        return wire.read_message(fd, 1 << 20, deadline)
+    except (OSError, TimeoutError, wire.PlainValueError):
+        return None
 
 
 def _drain(out_r: int, err_r: int, out: _Output, err: _Output) -> None:
@@ -197,15 +239,11 @@ def _drain(out_r: int, err_r: int, out: _Output, err: _Output) -> None:
                 sink.add(chunk)
 
 
-def _verdict(raw: bytes, nonce: str) -> dict[str, Any] | None:
-    """The judge's verdict if it carries this run's nonce, else ``None``."""
-    text = raw.decode(errors="replace")
-    if not text.startswith(nonce):
+def _verdict(message: Any, nonce: str) -> dict[str, Any] | None:
+    """The judge's verdict if ``message`` carries this run's nonce, else ``None``."""
+    if type(message) is not dict or message.get("nonce") != nonce:
         return None
-    try:
-        verdict = json.loads(text[len(nonce) :])
-    except ValueError:
-        return None
+    verdict = message.get("verdict")
     return verdict if type(verdict) is dict else None
 
 
@@ -275,14 +313,15 @@ def main(config_json: str) -> None:
         isolate.place_fds([zygote_sock.detach()])
         _zygote_main(socket.socket(fileno=3), cfg)
     zygote_sock.close()
+    judge_process = _Judge(cfg)
     wire.write_message(host_out, {"ready": True, "pid": os.getpid()})
     run_id = 0
     while (job := wire.read_message(host_in, 1 << 30)) is not None:
         run_id += 1
         try:
-            result = _run({**job, "run_id": run_id}, parent_sock, cfg)
+            result = _run({**job, "run_id": run_id}, parent_sock, judge_process, cfg)
         except Exception as error:  # the worker is broken: report, then let the host restart it
             result = {"status": "error", "detail": f"sandbox error: {error!r}"[:200], "fatal": True}
         wire.write_message(host_out, result)
-        if result.get("fatal"):
+        if result.get("fatal") or result.get("restart"):
             return

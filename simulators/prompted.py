@@ -1,0 +1,290 @@
+"""The paper's baseline user simulator: an assistant chat model prompted to role-play the user.
+
+:class:`PromptedSimulator` (``"prompted"``) sends a chat model one user message asking it to act
+as a person pursuing the intent's instruction (paper section 3.2, appendix E; our own wording):
+terse, lazy messages with the odd typo, details spread over turns without overdoing it, never
+the assistant's part, and only ``<|endconversation|>`` once the goal is met. Later turns render
+the chat so far *into the prompt* as a ``You:`` / ``AI system:`` transcript, as the paper's
+baseline does; a role-flipped history was not chosen, as it puts the user's words in the model's
+own assistant turns, which chat models continue in assistant style.
+
+Backends: ``"litellm"``, any LiteLLM model through :meth:`userlm_env.llm.LLMClient.chat_many`;
+``"hf"``, a local model (e.g. the embedded ``smollm2-135m-instruct``) with batched, left-padded
+``generate`` under its template's normal *assistant* generation prompt. Both seed every row.
+
+:func:`clean_output`: an end marker, or a loose spelling (``endconversation``), anywhere ends the
+conversation (``metadata["raw"]`` keeps the output); otherwise role labels (``User:``), wrapping
+quotes and any part written as the assistant are removed. Empty turns (and ends when
+``allow_end=False``) are resampled up to ``max_tries`` times, then
+:class:`~userlm_env.core.SimulatorError` is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from userlm_env.core import SimulatorError
+from userlm_env.errors import UnknownNameError
+from userlm_env.llm import LLMClient, LLMConfig
+from userlm_env.types import END_MARKER, ConversationState, Message, UserTurn
+
+__all__ = ["PromptedConfig", "PromptedSimulator", "clean_output", "role_play_prompt"]
+
+_PERSONA = """\
+You are role-playing a human who is chatting with an AI system. What you want from it: {goal}
+
+Write the way real people type to chatbots. Typing is a chore, so messages are short and a bit \
+lazy: lowercase starts, missing punctuation and the odd typo are all fine. People also rarely \
+spell out everything up front; they give the main ask and add details in later messages as they \
+come up. Do some of this, but stay believable: do not overdo the typos, and do not hold back so \
+much that the AI cannot help.
+
+You are only ever the human. Never answer your own request, never solve the task, and never \
+write the AI's side of the chat."""
+
+_FIRST_TURN = "\n\nWrite the first message you would send to the AI system. Reply with it only."
+
+_LATER_TURN = """
+
+The chat so far:
+
+{transcript}
+
+{end_rule}Write the next message you would send to get closer to your goal. Reply with it only."""
+
+_END_RULE = (
+    "If the AI's last message already gives you what you wanted, reply with {marker} and "
+    "nothing else. If not: "
+)
+
+_LABELS = {"user": "You", "assistant": "AI system"}
+_LOOSE_END = re.compile(r"(?i)[<|]\s*\|?\s*end[\s_-]?conversation|\bend[_-]?conversation\b")
+_ROLE_LABEL = re.compile(
+    r"(?i)^[*_#\s]*(?:user|human|you|me|(?:my\s+)?(?:next\s+|first\s+)?(?:message|prompt|reply))"
+    r"[*_\s]*:[*_\s]*"
+)
+_ASSISTANT_PART = re.compile(r"\n\s*[*_]*(?:ai(?:\s+system)?|assistant|chatbot)[*_\s]*:", re.I)
+_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`"}
+
+
+@dataclass
+class PromptedConfig:
+    """Settings of :class:`PromptedSimulator`."""
+
+    backend: str = "litellm"  # "litellm" (any LiteLLM model) or "hf" (a local model in-process)
+    temperature: float = 1.0  # sampling temperature; 0 decodes greedily
+    top_p: float | None = None  # nucleus sampling mass; None = the backend's default (1.0)
+    max_tokens: int = 200  # longest generated turn, in tokens
+    max_tries: int = 4  # generations per row before an empty output raises SimulatorError
+    allow_end: bool = True  # False: no end instruction in the prompt, and ends are resampled
+    end_marker: str = END_MARKER  # what the model is told to reply with to end the chat
+    api_base: str | None = None  # litellm: endpoint URL of a self-hosted server
+    api_key: str | None = None  # litellm: key for the endpoint (None: LiteLLM's env lookup)
+    timeout_s: float = 60.0  # litellm: per request, seconds
+    max_retries: int = 4  # litellm: retries of a failed request
+    concurrency: int = 8  # litellm: requests in flight at once
+    extra_body: dict[str, Any] = field(default_factory=dict)  # litellm: server-only fields
+    batch_size: int = 16  # hf: rows per generate call
+    dtype: str | None = None  # hf: model dtype name; None = float32 on CPU, bfloat16 on GPU
+    device: str | None = None  # hf: torch device; None = cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise UnknownNameError(
+                f"unknown prompted-simulator backend {self.backend!r}; known: {sorted(_BACKENDS)}"
+            )
+        if self.max_tries < 1 or self.max_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_tries, max_tokens and batch_size must be at least 1")
+        if self.temperature < 0 or not (self.top_p is None or 0 < self.top_p <= 1):
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+class PromptedSimulator:
+    """A chat model prompted to play the user, for a batch of conversation states.
+
+    Args:
+        model: A LiteLLM model string (``"gpt-4o-mini"``, ``"openai/<name>"`` with
+            ``api_base``) for the ``litellm`` backend; a name for
+            :func:`userlm_env.models.load_model` for the ``hf`` backend.
+        config: Settings; ``overrides`` replace single fields (e.g. ``backend="hf"``).
+    """
+
+    def __init__(
+        self, model: str = "gpt-4o-mini", config: PromptedConfig | None = None, **overrides: Any
+    ) -> None:
+        known = {f.name for f in dataclasses.fields(PromptedConfig)}
+        if unknown := sorted(set(overrides) - known):
+            raise TypeError(f"unknown PromptedConfig fields {unknown}; known: {sorted(known)}")
+        self.config = dataclasses.replace(config or PromptedConfig(), **overrides)
+        self.model = model
+        self.backend = _BACKENDS[self.config.backend](model, self.config)
+
+    def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
+        """Return the next user turn of each state; see the module docstring."""
+        rows = [_Row(state) for state in states]
+        for attempt in range(self.config.max_tries):
+            pending = [row for row in rows if row.turn is None]
+            if not pending:
+                break
+            conversations = [self.conversation(row.state) for row in pending]
+            seeds = [_seed(row.state, attempt) for row in pending]
+            for row, raw in zip(pending, self.backend.generate(conversations, seeds), strict=True):
+                row.tries, row.raw = row.tries + 1, raw
+                row.turn = self._turn(raw, row.tries)
+        return [self._finish(row) for row in rows]
+
+    def conversation(self, state: ConversationState) -> list[Message]:
+        """The chat sent to the model for ``state``: one user message holding the prompt."""
+        prompt = role_play_prompt(state, self.config.end_marker, allow_end=self.config.allow_end)
+        return [{"role": "user", "content": prompt}]
+
+    def _turn(self, raw: str, tries: int) -> UserTurn | None:
+        text, ended = clean_output(raw, self.config.end_marker)
+        if (ended and not self.config.allow_end) or not text.strip():
+            return None
+        meta = {"tries": tries, "raw": raw}
+        return UserTurn(END_MARKER if ended else text, ended=ended, metadata=meta)
+
+    def _finish(self, row: _Row) -> UserTurn:
+        if row.turn is not None:
+            return row.turn
+        raise SimulatorError(
+            f"prompted simulator {self.model!r} gave no usable user turn for "
+            f"{row.state.intent.task_id!r} in {row.tries} tries (last output: {row.raw!r:.200})"
+        )
+
+
+def role_play_prompt(
+    state: ConversationState, end_marker: str = END_MARKER, *, allow_end: bool = True
+) -> str:
+    """The role-play instruction: the first-turn variant, or the later-turn one with history."""
+    persona = _PERSONA.format(goal=state.intent.instruction)
+    if not state.messages:
+        return persona + _FIRST_TURN
+    end_rule = _END_RULE.format(marker=end_marker) if allow_end else ""
+    return persona + _LATER_TURN.format(
+        transcript=_render_transcript(state.messages), end_rule=end_rule
+    )
+
+
+def _render_transcript(messages: Sequence[Message]) -> str:
+    """The conversation as labelled blocks: ``You: ...`` and ``AI system: ...``."""
+    return "\n\n".join(f"{_LABELS[m['role']]}: {m['content'].strip()}" for m in messages)
+
+
+def clean_output(raw: str, end_marker: str = END_MARKER) -> tuple[str, bool]:
+    """Turn a model's output into ``(user text, ended)``; the text may come back empty."""
+    text = raw.strip()
+    if end_marker in text or _LOOSE_END.search(text):
+        return end_marker, True
+    text = _ASSISTANT_PART.split(text, maxsplit=1)[0].strip()
+    previous = None
+    while previous != text:
+        previous = text
+        text = _unquote(_ROLE_LABEL.sub("", text, count=1).strip())
+    return text, False
+
+
+def _unquote(text: str) -> str:
+    closing = _QUOTES.get(text[:1])
+    inner = text[1:-1]
+    if closing and len(text) >= 2 and text.endswith(closing) and closing not in inner:
+        return inner.strip()
+    return text
+
+
+def _seed(state: ConversationState, attempt: int) -> int:
+    """One row's sampling seed: the conversation's turn seed mixed with the try index."""
+    return int(np.random.SeedSequence([state.turn_seed(), attempt]).generate_state(1)[0])
+
+
+@dataclass
+class _Row:
+    """One state's progress across tries, local to a ``respond`` call."""
+
+    state: ConversationState
+    tries: int = 0
+    raw: str = ""
+    turn: UserTurn | None = None
+
+
+class _LiteLLMBackend:
+    """Chat completions through the project's single LiteLLM wrapper."""
+
+    def __init__(self, model: str, config: PromptedConfig) -> None:
+        # Fields both configs have (api_base, temperature, timeout_s ...) mean the same thing.
+        names = {f.name for f in dataclasses.fields(LLMConfig)} & set(vars(config))
+        self.client = LLMClient(LLMConfig(model=model, **{n: getattr(config, n) for n in names}))
+        self.params: dict[str, Any] = {"top_p": config.top_p} if config.top_p is not None else {}
+        if config.extra_body:
+            self.params["extra_body"] = dict(config.extra_body)
+
+    def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
+        results = self.client.chat_many(conversations, seeds=seeds, **self.params)
+        return [result.text for result in results]
+
+
+class _HFBackend:
+    """Batched, per-row seeded ``generate`` of a local chat model (left padding)."""
+
+    def __init__(self, model: str, config: PromptedConfig) -> None:
+        from userlm_env.models import load_model
+
+        self.config = config
+        self.loaded = load_model(model, dtype=config.dtype, device=config.device)
+        if self.loaded.tokenizer.pad_token_id is None:
+            self.loaded.tokenizer.pad_token = self.loaded.tokenizer.eos_token
+
+    def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
+        size = self.config.batch_size
+        chunks = [slice(at, at + size) for at in range(0, len(conversations), size)]
+        return [out for c in chunks for out in self._generate_chunk(conversations[c], seeds[c])]
+
+    def _generate_chunk(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        prompts = [
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        options = {"padding": True, "padding_side": "left", "add_special_tokens": False}
+        batch = tokenizer(prompts, return_tensors="pt", **options).to(model.device)
+        length = batch["input_ids"].shape[1]
+        settings = {"generation_config": self._generation_config()}
+        with torch.inference_mode():
+            processors = LogitsProcessorList(self._sampler(seeds))
+            output = model.generate(**batch, **settings, logits_processor=processors)
+        return [tokenizer.decode(row[length:], skip_special_tokens=True) for row in output]
+
+    def _generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        from userlm_env.chat_format import end_of_turn_token_ids
+
+        return GenerationConfig(
+            max_new_tokens=self.config.max_tokens,
+            do_sample=False,  # the seeded sampler below draws the tokens
+            eos_token_id=end_of_turn_token_ids(self.loaded.tokenizer),  # EOS, <|im_end|> ...
+            pad_token_id=self.loaded.tokenizer.pad_token_id,
+        )
+
+    def _sampler(self, seeds: list[int]) -> list[Any]:
+        from simulators.userlm import SeededSampler
+
+        cfg = self.config
+        return [SeededSampler(seeds, cfg.temperature, cfg.top_p or 1.0)] if cfg.temperature else []
+
+
+#: Backend name -> class with ``generate(conversations, seeds) -> list[str]``.
+_BACKENDS: dict[str, Callable[[str, PromptedConfig], Any]] = {
+    "litellm": _LiteLLMBackend,
+    "hf": _HFBackend,
+}

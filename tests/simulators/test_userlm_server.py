@@ -1,0 +1,188 @@
+"""The server-backed User LM simulator against the real llama.cpp server (embedded SmolLM2).
+
+SmolLM2-135M is no UserLM: it often opens with "I" and rambles, so guardrails reject many of
+its completions. That is what the guardrail test wants; the other tests switch the text checks
+off where they would only cost requests. Forcing an end uses llama.cpp's ``grammar`` field (sent
+through ``extra_body``): prompting the model into emitting the marker is unreliable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from simulators import make_simulator
+from simulators.guardrails import earlier_texts
+from simulators.userlm import UserLMConfig
+from simulators.userlm_server import (
+    UserLMServerConfig,
+    UserLMServerSimulator,
+    end_ban_token_ids,
+    load_tokenizer,
+    parse_completion,
+)
+from tests.server_fixtures import LlamaServer
+from userlm_env.chat_format import render_user_prompt
+from userlm_env.errors import LLMCallError, ModelUnavailableError
+from userlm_env.llm import LLMResult
+from userlm_env.types import END_MARKER, ConversationState, Intent
+
+ONLY_END = {"grammar": f'root ::= "{END_MARKER}"'}
+END_OR_TEXT = {"grammar": f'root ::= "{END_MARKER}" | "sure thing, go on then"'}
+NO_CHECKS = {"min_words": None, "max_words": None, "ban_first_words": (), "reject_repeats": False}
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def _simulator(server: LlamaServer, tokenizer: Any, **overrides: Any) -> UserLMServerSimulator:
+    connection = {"api_base": server.api_base, "api_key": server.api_key, "timeout_s": 120.0}
+    return UserLMServerSimulator(server.model, tokenizer, **{**connection, **overrides})
+
+
+def _states(intent: Intent, seeds: range) -> list[ConversationState]:
+    return [ConversationState(intent=intent, seed=seed) for seed in seeds]
+
+
+def _in_conversation(intent: Intent, seed: int) -> ConversationState:
+    state = ConversationState(intent=intent, seed=seed)
+    state.messages += [
+        {"role": "user", "content": "got an apples question"},
+        {"role": "assistant", "content": "Sure! What would you like to know about the apples?"},
+    ]
+    return state
+
+
+def _result(text: str, finish: str = "stop") -> LLMResult:
+    return LLMResult(text=text, cost=None, cached=False, usage={}, finish_reason=finish)
+
+
+# -- the real server ---------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_guardrails_hold_on_real_turns(
+    llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    simulator = _simulator(llama_server, tokenizer, max_tries=4)
+    talking = [_in_conversation(apples_intent, seed) for seed in (2, 3)]
+    states = [*_states(apples_intent, range(2)), *talking]
+    turns = simulator.respond(states)
+    checks = UserLMConfig().checks
+    assert len(turns) == 4
+    for state, turn in zip(states, turns, strict=True):
+        verdict = checks.reason(turn.text, earlier_texts(state))
+        assert not turn.ended and turn.text.strip()
+        assert verdict == turn.metadata.get("guardrail_failed")  # accepted turns pass: None
+        assert 1 <= turn.metadata["tries"] <= 4
+        if verdict is not None:
+            assert turn.metadata["tries"] == 4
+    # only rejected rows were asked again: one request per try of each row
+    assert simulator.client.stats.calls == sum(t.metadata["tries"] for t in turns)
+
+
+@pytest.mark.server
+def test_batch_of_eight_keeps_order_and_seeds_reproduce(
+    llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    simulator = _simulator(llama_server, tokenizer, max_tries=1, **NO_CHECKS)
+    states = _states(apples_intent, range(8))
+    turns = simulator.respond(states)
+    again = simulator.respond([states[7], states[0]])
+    assert len(turns) == 8
+    assert [t.text for t in again] == [turns[7].text, turns[0].text]
+    assert len({t.text for t in turns}) > 1  # different seeds, different samples
+    assert all(t.metadata["tries"] == 1 for t in turns)
+
+
+@pytest.mark.server
+def test_grammar_forced_marker_ends_the_conversation(
+    llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    simulator = _simulator(llama_server, tokenizer, max_tries=1, extra_body=ONLY_END)
+    turns = simulator.respond([_in_conversation(apples_intent, 5)])
+    assert [(t.text, t.ended) for t in turns] == [(END_MARKER, True)]
+
+
+@pytest.mark.server
+def test_allow_end_false_bans_the_marker_server_side(
+    llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    push = {"max_tries": 1, "extra_body": END_OR_TEXT, "logit_bias": {"<": 100.0}}
+    pushed = _simulator(llama_server, tokenizer, **push)
+    banned = _simulator(llama_server, tokenizer, **push, allow_end=False)
+    states = _states(apples_intent, range(2))
+    assert all(t.ended for t in pushed.respond(states))
+    assert [t.text for t in banned.respond(states)] == ["sure thing, go on then"] * 2
+
+
+@pytest.mark.server
+def test_forbidden_end_in_returned_text_is_resampled_then_fails(
+    llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    simulator = _simulator(
+        llama_server,
+        tokenizer,
+        allow_end=False,
+        suppress_end_with_logit_bias=False,  # the marker reaches us; the text check must catch it
+        extra_body=ONLY_END,
+        max_tries=2,
+    )
+    with pytest.raises(LLMCallError, match="2 tries"):
+        simulator.respond(_states(apples_intent, range(1)))
+    assert simulator.client.stats.calls == 2
+
+
+# -- parsing, settings and requests (no server) ------------------------------------------------
+
+
+def test_parse_completion_handles_marker_cut_and_truncation() -> None:
+    config, earlier = UserLMConfig(), ["earlier turn here"]
+    ended = parse_completion(_result(f"  {END_MARKER} trailing"), earlier, config)
+    assert (ended.ended, ended.text, ended.reason) == (True, END_MARKER, None)
+    cut = parse_completion(_result(f"ok that works now {END_MARKER}"), earlier, config)
+    assert (cut.ended, cut.text, cut.end_marker_cut) == (False, "ok that works now", True)
+    long = parse_completion(_result("so " * 30, finish="length"), earlier, config)
+    assert long.truncated and long.reason == "too_long"
+    forbidden = UserLMConfig(allow_end=False)
+    assert parse_completion(_result(END_MARKER), earlier, forbidden).reason == "end_forbidden"
+    assert parse_completion(_result("Earlier  TURN here"), earlier, config).reason == "repeat"
+    assert parse_completion(_result("I want apples now"), earlier, config).reason == (
+        "banned_first_word"
+    )
+
+
+def test_request_carries_prompt_stop_and_end_ban(tokenizer: Any, apples_intent: Intent) -> None:
+    simulator = UserLMServerSimulator("openai/x", tokenizer, allow_end=False, api_base=None)
+    state = _in_conversation(apples_intent, 0)
+    params = simulator.request_params()
+    assert simulator.prompt(state) == render_user_prompt(
+        tokenizer, apples_intent.system_prompt, state.messages
+    )
+    assert params["stop"] == ["<|im_end|>"]
+    assert params["temperature"] == 0.6 and params["top_p"] == 0.9 and params["max_tokens"] == 60
+    banned = end_ban_token_ids(tokenizer, END_MARKER)
+    assert banned and params["logit_bias"] == {str(t): -100.0 for t in banned}
+    assert tokenizer.decode([banned[0]]).strip() == "<"
+    assert "logit_bias" not in UserLMServerSimulator("openai/x", tokenizer).request_params()
+
+
+def test_config_rejects_in_process_only_and_unknown_fields(tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="in-process"):
+        UserLMServerConfig(device="cpu")
+    with pytest.raises(ValueError, match="min_words"):
+        UserLMServerConfig(min_words=9, max_words=3)
+    with pytest.raises(TypeError, match="unknown UserLMServerConfig fields"):
+        UserLMServerSimulator("openai/x", tokenizer, temprature=0.3)
+    greedy = UserLMServerSimulator("openai/x", tokenizer, do_sample=False).request_params()
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy
+
+
+def test_registry_builds_it_and_missing_tokenizer_is_typed(tokenizer: Any) -> None:
+    built = make_simulator("userlm_server", model="openai/x", tokenizer=tokenizer)
+    assert isinstance(built, UserLMServerSimulator)
+    with pytest.raises(ModelUnavailableError, match="tokenizer"):
+        load_tokenizer("/nonexistent/userlm-checkpoint")

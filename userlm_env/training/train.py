@@ -1,0 +1,372 @@
+"""The bundled UserLM trainer: full fine-tuning on flipped conversations with ``transformers.Trainer``.
+
+:func:`train_userlm` loads (or randomly initialises) a causal LM, adds the end-of-conversation token,
+flips the conversations into samples (:mod:`userlm_env.training.flip`), and runs the Trainer with
+the paper's recipe by default (section 2.2): learning rate 2e-5, 1,024 samples per optimiser step
+(reached by gradient accumulation), sequences up to 2,048 tokens, bf16 on GPU, gradient
+checkpointing, and length-grouped batches. Checkpoints go to ``output_dir/checkpoint-*`` and a run
+resumes from the latest one with ``resume_from_checkpoint=True``. The final model and tokenizer
+(with the end token) are saved in ``output_dir`` and load in ``make_simulator("userlm",
+model=output_dir)``.
+
+Several GPUs: launch ``experiments/train.py`` with ``accelerate launch --config_file
+experiments/conf/accelerate/fsdp.yaml``; the gradient accumulation is divided by ``WORLD_SIZE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from userlm_env.chat_format import ChatTemplateError
+from userlm_env.errors import ModelUnavailableError
+from userlm_env.models import EMBEDDED_MODELS, cache_root, is_complete_cache, load_model
+from userlm_env.training.data import Conversation
+from userlm_env.training.flip import (
+    FlipCollator,
+    FlipConfig,
+    FlipDataset,
+    FlipResult,
+    add_end_token,
+    flip_conversations,
+)
+
+__all__ = [
+    "LossRecorder",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "gradient_accumulation_steps",
+    "load_tokenizer",
+    "model_source",
+    "train_userlm",
+    "training_arguments",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs besides the conversations (defaults: the paper's)."""
+
+    # --- model ---
+    model: str = "meta-llama/Llama-3.2-1B"  # start: hub id, local path or embedded model name
+    tokenizer: str | None = None  # tokenizer source when it differs from `model` (None: same)
+    init: str = "pretrained"  # "pretrained": load `model`'s weights; "random": build `architecture`
+    architecture: dict[str, Any] = field(default_factory=dict)  # config fields for init="random"
+    chat_template: str | None = None  # Jinja template text or .jinja path (tokenizers lacking one)
+    dtype: str | None = None  # weight dtype; None: float32 weights (bf16 autocast when bf16 is on)
+    # --- samples ---
+    use_intent: bool = True  # condition on intents; False is the paper's no-intent ablation
+    include_end: bool = True  # train the end-of-conversation token after the last assistant turn
+    max_length: int = 2048  # longest sample in tokens
+    missing_intent: str = "error"  # conversations without intent: "error" or "skip"
+    # --- optimisation ---
+    output_dir: str = "outputs/userlm"  # checkpoints and the final model go here
+    learning_rate: float = 2e-5  # peak learning rate
+    effective_batch_size: int = 1024  # samples per optimiser step, over devices and accumulation
+    per_device_batch_size: int = 4  # samples per forward pass on one device
+    num_epochs: float = 1.0  # passes over the training samples (ignored when max_steps > 0)
+    max_steps: int = -1  # optimiser steps to run; -1: from num_epochs
+    warmup_ratio: float = 0.03  # fraction of steps with linear warm-up
+    lr_scheduler: str = "cosine"  # transformers scheduler name
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    bf16: bool | None = None  # bf16 mixed precision; None: on when the GPU supports it
+    gradient_checkpointing: bool = True  # recompute activations to save memory
+    group_by_length: bool = True  # batch samples of similar length (less padding)
+    pad_to_multiple_of: int | None = None  # round padded lengths up (8 suits tensor cores)
+    # --- bookkeeping ---
+    logging_steps: int = 10  # log the loss every this many optimiser steps
+    save_steps: int = 500  # write a checkpoint every this many optimiser steps
+    save_total_limit: int | None = 3  # keep at most this many checkpoints
+    eval_steps: int | None = None  # evaluate every this many steps (None: once at the end)
+    resume_from_checkpoint: str | bool | None = None  # path, or True for the latest in output_dir
+    seed: int = 0  # seed of initialisation, shuffling and dropout
+    report_to: str = "none"  # transformers loggers ("none", "tensorboard", "wandb"...)
+    disable_tqdm: bool = False  # hide the progress bar
+    dataloader_num_workers: int = 0  # data-loading worker processes
+    use_cpu: bool = False  # train on the CPU even when a GPU is present
+    extra_args: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments fields
+
+    def flip_config(self) -> FlipConfig:
+        """The sample settings as a :class:`FlipConfig`."""
+        return FlipConfig(self.use_intent, self.include_end, self.max_length, self.missing_intent)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished :func:`train_userlm` run reports."""
+
+    output_dir: str  # where the final model and tokenizer were saved
+    global_step: int  # optimiser steps taken (resumed steps included)
+    losses: list[tuple[int, float]]  # (step, training loss) as logged
+    eval_loss: float | None  # loss on the evaluation samples at the end, if any
+    samples: int  # training samples
+    tokens: int  # tokens in one pass over the training samples
+    train_seconds: float  # wall time of trainer.train()
+    tokens_per_second: float  # non-padding input tokens processed per second
+    flip: FlipResult  # how the training conversations were flipped
+
+    @property
+    def first_loss(self) -> float:
+        """The first logged training loss."""
+        return self.losses[0][1]
+
+    @property
+    def last_loss(self) -> float:
+        """The last logged training loss."""
+        return self.losses[-1][1]
+
+
+class LossRecorder(TrainerCallback):
+    """A Trainer callback that keeps every logged training loss as ``(step, loss)``."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+        """Record ``logs["loss"]`` when the Trainer logs it."""
+        if logs and "loss" in logs:
+            self.losses.append((int(state.global_step), float(logs["loss"])))
+
+
+# --- model and tokenizer ---------------------------------------------------------------------
+
+
+def model_source(name: str) -> str:
+    """Where ``from_pretrained`` reads ``name``: the conversion cache for embedded models."""
+    if name not in EMBEDDED_MODELS:
+        return name
+    entry = _embedded_entry(name)
+    if entry is None:
+        load_model(name)  # converts the GGUF once and fills the cache
+        entry = _embedded_entry(name)
+    if entry is None:
+        raise ModelUnavailableError(f"the conversion cache for {name!r} could not be written")
+    return str(entry)
+
+
+def _embedded_entry(name: str) -> Path | None:
+    entries = sorted(cache_root().glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+    return next((e for e in reversed(entries) if is_complete_cache(e)), None)
+
+
+def load_tokenizer(name: str, chat_template: str | None = None) -> Any:
+    """Load a tokenizer (a fresh copy), give it ``chat_template`` and a pad token if missing."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, name)
+    if chat_template:
+        path = Path(chat_template)
+        is_file = chat_template.endswith(".jinja") and path.is_file()
+        tokenizer.chat_template = path.read_text(encoding="utf-8") if is_file else chat_template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"tokenizer {name!r} has no chat template: set TrainConfig.chat_template "
+            "(the userlm_1b and userlm_8b presets carry a Llama-3 one)"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _from_pretrained(auto_class: Any, name: str, **kwargs: Any) -> Any:
+    try:
+        return auto_class.from_pretrained(model_source(name), **kwargs)
+    except OSError as error:
+        raise ModelUnavailableError(
+            f"cannot load {name!r} ({error}); offline it must be in the local Hugging Face "
+            "cache, or use a local checkpoint or the embedded model 'smollm2-135m-instruct'"
+        ) from error
+
+
+def build_model(config: TrainConfig, tokenizer: Any) -> Any:
+    """The model to train: pretrained weights or a random ``architecture``; end token added."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = getattr(torch, config.dtype) if config.dtype else torch.float32
+    if config.init == "pretrained":
+        model = _from_pretrained(AutoModelForCausalLM, config.model, dtype=dtype)
+    elif config.init == "random":
+        fields = {"model_type": "llama", **config.architecture}
+        model_config = AutoConfig.for_model(fields.pop("model_type"), **_token_ids(tokenizer), **fields)
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+    else:
+        raise ValueError(f"init must be 'pretrained' or 'random', got {config.init!r}")
+    add_end_token(tokenizer, model)
+    model.config.use_cache = not config.gradient_checkpointing
+    return model
+
+
+def _token_ids(tokenizer: Any) -> dict[str, Any]:
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+# --- Trainer set-up --------------------------------------------------------------------------
+
+
+def gradient_accumulation_steps(config: TrainConfig, world_size: int = 1) -> int:
+    """Accumulation steps so that batch x devices x steps is close to the effective batch."""
+    per_step = config.per_device_batch_size * max(world_size, 1)
+    return max(1, round(config.effective_batch_size / per_step))
+
+
+def _bf16(config: TrainConfig) -> bool:
+    if config.bf16 is not None:
+        return config.bf16
+    import torch
+
+    return not config.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_arguments(config: TrainConfig, *, has_eval: bool = False) -> Any:
+    """The ``TrainingArguments`` of a run (field names adapted to the installed transformers)."""
+    from transformers import TrainingArguments
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    kwargs: dict[str, Any] = {
+        "output_dir": config.output_dir,
+        "learning_rate": config.learning_rate,
+        "per_device_train_batch_size": config.per_device_batch_size,
+        "per_device_eval_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps(config, world_size),
+        "num_train_epochs": config.num_epochs,
+        "max_steps": config.max_steps,
+        "lr_scheduler_type": config.lr_scheduler,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "bf16": _bf16(config),
+        "logging_steps": config.logging_steps,
+        "logging_first_step": True,
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "eval_strategy": "steps" if has_eval and config.eval_steps else "no",
+        "eval_steps": config.eval_steps,
+        "seed": config.seed,
+        "report_to": config.report_to,
+        "disable_tqdm": config.disable_tqdm,
+        "dataloader_num_workers": config.dataloader_num_workers,
+        "remove_unused_columns": False,
+        "use_cpu": config.use_cpu,
+        "include_num_input_tokens_seen": "non_padding",
+        **_version_specific(config, TrainingArguments),
+        **config.extra_args,
+    }
+    return TrainingArguments(**kwargs)
+
+
+def _version_specific(config: TrainConfig, arguments_class: Any) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    kwargs: dict[str, Any] = {}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else None
+    kwargs[checkpointing or "gradient_checkpointing"] = config.gradient_checkpointing
+    if "train_sampling_strategy" in names:
+        kwargs["train_sampling_strategy"] = "group_by_length" if config.group_by_length else "random"
+    else:
+        kwargs["group_by_length"] = config.group_by_length
+    if "warmup_ratio" in names:
+        kwargs["warmup_ratio"] = config.warmup_ratio
+    else:
+        kwargs["warmup_steps"] = config.warmup_ratio
+    return kwargs
+
+
+def _resume_point(config: TrainConfig) -> str | None:
+    if config.resume_from_checkpoint is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if last is None:
+            _log.info("no checkpoint in %s yet: starting from scratch", config.output_dir)
+        return last
+    return config.resume_from_checkpoint or None
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def train_userlm(
+    config: TrainConfig,
+    train_conversations: Sequence[Conversation],
+    eval_conversations: Sequence[Conversation] | None = None,
+) -> TrainResult:
+    """Fine-tune a User LM on ``train_conversations``; save it in ``config.output_dir``."""
+    from transformers import Trainer
+
+    tokenizer = load_tokenizer(config.tokenizer or config.model, config.chat_template)
+    model = build_model(config, tokenizer)
+    flipped = flip_conversations(train_conversations, tokenizer, config.flip_config())
+    train_set = FlipDataset(flipped.samples)
+    eval_set = _eval_set(eval_conversations, tokenizer, config)
+    _log.info(
+        "%d conversations -> %d samples (%d tokens); %d skipped without intent, %d too long",
+        flipped.conversations, len(train_set), train_set.tokens,
+        flipped.skipped_no_intent, flipped.dropped_too_long,
+    )  # fmt: skip
+    recorder = LossRecorder()
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, has_eval=eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=FlipCollator(tokenizer.pad_token_id, config.pad_to_multiple_of),
+        processing_class=tokenizer,
+        callbacks=[recorder],
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=_resume_point(config))
+    seconds = time.perf_counter() - start
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
+    return _result(config, trainer, recorder, flipped, train_set, seconds, eval_loss)
+
+
+def _eval_set(
+    conversations: Sequence[Conversation] | None, tokenizer: Any, config: TrainConfig
+) -> FlipDataset | None:
+    if not conversations:
+        return None
+    samples = flip_conversations(conversations, tokenizer, config.flip_config()).samples
+    return FlipDataset(samples) if samples else None
+
+
+def _result(
+    config: TrainConfig,
+    trainer: Any,
+    recorder: LossRecorder,
+    flipped: FlipResult,
+    train_set: FlipDataset,
+    seconds: float,
+    eval_loss: float | None,
+) -> TrainResult:
+    tokens_seen = float(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    return TrainResult(
+        output_dir=config.output_dir,
+        global_step=int(trainer.state.global_step),
+        losses=list(recorder.losses),
+        eval_loss=None if eval_loss is None or math.isnan(eval_loss) else float(eval_loss),
+        samples=len(train_set),
+        tokens=train_set.tokens,
+        train_seconds=seconds,
+        tokens_per_second=tokens_seen / seconds if seconds > 0 else 0.0,
+        flip=flipped,
+    )
