@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,8 @@ from userlm_env.tasks.sandbox import SandboxConfig
 from userlm_env.types import Intent, Shard
 
 _REFERENCE_KEYS = ("prompt", "test", "entry_point", "canonical_solution")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_HEADER = "from typing import List\nimport os, sys, signal, time, threading, subprocess, ctypes\n"
 
 
 def humaneval_intent(problem: dict[str, Any]) -> Intent:
@@ -29,6 +33,13 @@ def humaneval_intent(problem: dict[str, Any]) -> Intent:
 def canonical_reply(problem: dict[str, Any]) -> str:
     """A reply holding the canonical solution as one fenced block."""
     return f"Here you go:\n\n```python\n{problem['prompt']}{problem['canonical_solution']}```\n"
+
+
+def reply_with(body: str, module: str = "") -> str:
+    """A reply defining HumanEval/0's ``has_close_elements`` with ``body``, after ``module``."""
+    function = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+    body = textwrap.indent(textwrap.dedent(body), "    ")
+    return f"Sure!\n\n```python\n{_HEADER}{textwrap.dedent(module)}\n{function}{body}\n```\n"
 
 
 @pytest.fixture(scope="session")

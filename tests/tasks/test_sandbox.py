@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.tasks.conftest import canonical_reply, humaneval_intent
-from tests.tasks.test_sandbox_adversarial import REPO_ROOT, reply_with
+from tests.tasks.conftest import REPO_ROOT, canonical_reply, humaneval_intent, reply_with
 from userlm_env.errors import SandboxUnavailableError
 from userlm_env.tasks.code import CodeTask
 from userlm_env.tasks.sandbox import Program, Sandbox, SandboxConfig, judge, launch, wire, worker
@@ -235,6 +234,21 @@ _KILLED = {"natural": False}
 )
 def test_failure_details(verdict: dict[str, Any], ending: dict[str, Any], detail: str) -> None:
     assert worker._classify(True, verdict, ending) == ("failed", detail)
+
+
+@pytest.mark.sandbox
+def test_limits_do_not_depend_on_the_hosts_size(problems: Problems) -> None:
+    """A host with a huge address space still runs programs under a small memory limit."""
+    import mmap
+
+    reserved = mmap.mmap(-1, 8 << 30)  # 8 GiB of address space, never touched
+    task = CodeTask(SandboxConfig(memory_mb=384, workers=1))
+    try:
+        problem = problems["HumanEval/2"]
+        assert task.score(canonical_reply(problem), humaneval_intent(problem)).solved
+    finally:
+        task.close()
+        reserved.close()
 
 
 # --- weaker layers and controls -----------------------------------------------------------------

@@ -8,7 +8,8 @@ the next (canonical) program must still score 1.
 from __future__ import annotations
 
 import os
-import textwrap
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,28 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests.tasks.conftest import canonical_reply, humaneval_intent
+from tests.tasks.conftest import REPO_ROOT, canonical_reply, humaneval_intent, reply_with
 from userlm_env.tasks.code import CodeTask
 from userlm_env.tasks.sandbox import SandboxConfig
 from userlm_env.types import Intent, Score
 
 pytestmark = pytest.mark.sandbox
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HEADER = "from typing import List\nimport os, sys, signal, time, threading, subprocess, ctypes\n"
-
-
-def reply_with(body: str, module: str = "") -> str:
-    """A reply defining ``has_close_elements`` with ``body``, after module-level ``module``."""
-    function = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
-    code = (
-        HEADER
-        + textwrap.dedent(module)
-        + "\n"
-        + function
-        + textwrap.indent(textwrap.dedent(body), "    ")
-    )
-    return f"Sure!\n\n```python\n{code}\n```\n"
 
 
 def processes_with(marker: str) -> list[int]:
@@ -88,6 +73,18 @@ def hostile(
     canonical = canonical_reply(problems["HumanEval/0"])
     follow_ups = code_task.score_many([canonical] * workers, [intent0] * workers)
     assert all(s.solved for s in follow_ups), f"the next program failed: {follow_ups}"
+
+
+def test_the_process_scan_finds_marked_processes(marker: str) -> None:
+    """The lingering-process check works: a marked process on the host is found."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        time.sleep(0.1)
+        assert processes_with(marker) == [sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert processes_with(marker) == []
 
 
 # --- verdict integrity -------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class LexicalShardMatcher:
 
     def __init__(
         self,
-        threshold: float = 0.4,
+        threshold: float = 0.5,
         number_recall: float = 1.0,
         min_new: float = 0.2,
         stopword_weight: float = 0.1,

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 _NUMBER_PATTERN = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
-_TOKEN = re.compile(rf"{_NUMBER_PATTERN}|[^\W\d][\w']*")
+_TOKEN = re.compile(rf"{_NUMBER_PATTERN}|[^\W\d][\w'’]*")
 _NUMBER = re.compile(_NUMBER_PATTERN)
 # Cardinal number words read as digits, so "three eggs" and "3 eggs" match. "one" is left out:
 # it is far more often a pronoun ("the longest one") than a count.
@@ -48,7 +48,8 @@ def _clean(token: str) -> str:
     if token[0].isdigit():
         token = token.replace(",", "")
         return token[: token.index(".")] if re.fullmatch(r"\d+\.0+", token) else token
-    word = token.lower().strip("'")
+    word = token.lower().replace("’", "'").strip("'")
+    word = word.removesuffix("'s")  # possessive: "Janet's ducks" speaks of Janet
     return _NUMBER_WORDS.get(word, word)
 
 

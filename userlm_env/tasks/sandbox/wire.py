@@ -11,6 +11,8 @@ file), so it must not import anything from ``userlm_env``.
   candidate sends, it builds only ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``,
   ``bytes`` and ``list``/``tuple``/``dict``/``set``/``frozenset`` of those - never an object
   with custom methods - so a returned value cannot cheat an ``==`` in the tests.
+* Exceptions travel as their class name, nearest builtin class and message
+  (:func:`describe_error`).
 """
 
 from __future__ import annotations

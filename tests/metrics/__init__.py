@@ -1,0 +1,1 @@
+"""Tests of :mod:`userlm_env.metrics`."""
