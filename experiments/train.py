@@ -1,4 +1,4 @@
-"""Train a User LM: conversations -> filter, de-duplicate, split -> intents -> flipped samples -> model.
+"""Train a User LM: conversations -> filter, dedup, split -> intents -> flipped samples -> model.
 
     python -m experiments.train                          # smoke_cpu: a few CPU steps, offline
     python -m experiments.train train=userlm_1b          # the paper's UserLM-1b (GPU, online)
@@ -23,7 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from userlm_env.training.data import PreparedData, Splits, prepare_conversations, write_conversations
+from userlm_env.training.data import (
+    PreparedData,
+    Splits,
+    prepare_conversations,
+    write_conversations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +36,17 @@ log = logging.getLogger(__name__)
 def log_data(prepared: PreparedData) -> None:
     """Log what loading, filtering, de-duplication and splitting did."""
     splits = prepared.splits
-    log.info("loaded %d conversations, %d after the language filter", prepared.loaded, prepared.after_language)
+    log.info(
+        "loaded %d conversations, %d after the language filter",
+        prepared.loaded,
+        prepared.after_language,
+    )
     if prepared.dedup is not None:
-        log.info("near-duplicates removed: %d (threshold %d)", prepared.dedup.removed, prepared.dedup.threshold)
+        log.info(
+            "near-duplicates removed: %d (threshold %d)",
+            prepared.dedup.removed,
+            prepared.dedup.threshold,
+        )
         for gram, count in prepared.dedup.templates[:10]:
             log.info("  template 7-gram in %d first turns: %r", count, gram)
     log.info("splits: %d train, %d validation, %d test", *(len(s) for s in splits))

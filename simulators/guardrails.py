@@ -5,6 +5,9 @@ Two kinds of pieces live here:
 * Pure text checks, reusable by any backend (in-process or behind a server): word counting,
   verbatim-repeat detection, banned first words, and :class:`TurnChecks`, which combines them
   and names the first rule a candidate turn breaks.
+* Token choices from a tokenizer: :func:`first_token_ids` (what to ban so a word cannot open a
+  turn) and :func:`end_ban_token_ids` (what to ban so the end marker cannot start), used by the
+  in-process and the server simulators alike.
 * Logits processors for Hugging Face ``generate``: :class:`BanFirstTokens` (no "I" / "You" /
   "Here" opening), :class:`SuppressTokens` (forbid the end marker) and :class:`TokenSequenceBias`
   (a text -> bias hook); and one stopping criterion, :class:`WordLimitStop`, which stops a row
@@ -32,6 +35,7 @@ __all__ = [
     "WordLimitStop",
     "count_words",
     "earlier_texts",
+    "end_ban_token_ids",
     "first_token_ids",
     "is_verbatim_repeat",
     "normalize",
@@ -114,6 +118,18 @@ def first_token_ids(tokenizer: Any, texts: Iterable[str]) -> list[int]:
         if first is not None:
             ids.add(first)
     return sorted(ids)
+
+
+def end_ban_token_ids(tokenizer: Any, end_marker: str) -> list[int]:
+    """Tokens to ban so that ``end_marker`` cannot start.
+
+    That is the marker's own id when the tokenizer has it as one token (UserLM-8b), else the
+    first token of its spelling both alone and after a space (``<`` and `` <`` for SmolLM2).
+    """
+    single = tokenizer.get_vocab().get(end_marker)
+    if single is not None:
+        return [single]
+    return first_token_ids(tokenizer, [end_marker, " " + end_marker])
 
 
 class BanFirstTokens:

@@ -10,7 +10,8 @@ own assistant turns, which chat models continue in assistant style.
 
 Backends: ``"litellm"``, any LiteLLM model through :meth:`userlm_env.llm.LLMClient.chat_many`;
 ``"hf"``, a local model (e.g. the embedded ``smollm2-135m-instruct``) with batched, left-padded
-``generate`` under its template's normal *assistant* generation prompt. Both seed every row.
+``generate`` under its template's normal *assistant* generation prompt, loaded at the first
+``respond`` (building the simulator loads nothing). Both seed every row.
 
 :func:`clean_output`: an end marker, or a loose spelling (``endconversation``), anywhere ends the
 conversation (``metadata["raw"]`` keeps the output); otherwise role labels (``User:``), wrapping
@@ -231,15 +232,32 @@ class _LiteLLMBackend:
 
 
 class _HFBackend:
-    """Batched, per-row seeded ``generate`` of a local chat model (left padding)."""
+    """Batched, per-row seeded ``generate`` of a local chat model (left padding).
+
+    The model is loaded at the first ``generate``, not when the backend is built.
+    """
 
     def __init__(self, model: str, config: PromptedConfig) -> None:
-        from userlm_env.models import load_model
-
+        self.model_name = model
         self.config = config
-        self.loaded = load_model(model, dtype=config.dtype, device=config.device)
-        if self.loaded.tokenizer.pad_token_id is None:
-            self.loaded.tokenizer.pad_token = self.loaded.tokenizer.eos_token
+        self._loaded: Any = None
+
+    @property
+    def loaded(self) -> Any:
+        """The :class:`~userlm_env.models.LoadedModel`, loaded on first access.
+
+        Raises:
+            ModelUnavailableError: It cannot be found locally.
+        """
+        if self._loaded is None:
+            from userlm_env.models import load_model
+
+            cfg = self.config
+            loaded = load_model(self.model_name, dtype=cfg.dtype, device=cfg.device)
+            if loaded.tokenizer.pad_token_id is None:
+                loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+            self._loaded = loaded
+        return self._loaded
 
     def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
         size = self.config.batch_size

@@ -3,9 +3,12 @@
 :class:`UserLMServerSimulator` (registered as ``"userlm_server"``) behaves like the in-process
 :class:`simulators.userlm.UserLMSimulator` but sends raw text completions through the single
 LiteLLM wrapper (:class:`userlm_env.llm.LLMClient`), so the model can live on a GPU box (vLLM) or
-a CPU server (llama.cpp). It shares the in-process simulator's settings
-(:class:`UserLMServerConfig` extends :class:`simulators.userlm.UserLMConfig`) and its verdict
-function (:func:`simulators.userlm.judge`), so both reject and end turns the same way.
+a CPU server (llama.cpp). It shares the in-process simulator's sampling and guardrail settings
+(:class:`UserLMServerConfig` extends :class:`simulators.sampling.UserLMBaseConfig`), its verdict
+(:func:`simulators.sampling.judge`) and its retry loop
+(:func:`simulators.sampling.respond_with_retries`), so both reject, retry and end turns the same
+way. Neither this module nor building the simulator imports torch or loads the tokenizer: it is
+loaded (:func:`userlm_env.models.load_tokenizer`) at first use, ``respond`` or ``prompt``.
 
 The prompt is rendered *locally* with the model's own tokenizer by
 :func:`userlm_env.chat_format.render_user_prompt` (the intent as the system message, the history,
@@ -17,15 +20,17 @@ Guardrails (paper appendix D.1) and how each is enforced server-side:
 
 1. First words "I" / "You" / "Here": a server's ``logit_bias`` applies at *every* position, so it
    cannot ban a word only as the opening one. Such turns are rejected and resampled instead.
-2. ``allow_end=False``: the first token of the end marker (and of the marker after a space) gets
-   a ``logit_bias`` of -100 (``suppress_end_with_logit_bias``). As the bias holds at every
-   position, the user cannot type that token anywhere (for SmolLM2 it is ``<``; for UserLM-8b
-   the marker is one token of its own). The returned text is checked as well: an end is
-   rejected and resampled.
+2. ``allow_end=False``: the tokens of :func:`simulators.guardrails.end_ban_token_ids` (the same
+   ones the in-process simulator suppresses: the marker's own token, else the first token of
+   the marker alone and after a space) get a ``logit_bias`` of -100
+   (``suppress_end_with_logit_bias``). As the bias holds at every position, the user cannot
+   type those tokens anywhere (for SmolLM2 ``<`` and `` <``; for UserLM-8b the marker is one
+   token of its own). The returned text is checked as well: an end is rejected and resampled.
 3. and 4. Word-count bounds and verbatim repeats: checked on the returned text.
 
 Rejected rows, and only those, are requested again (concurrently, up to ``concurrency`` requests
-in flight), up to ``max_tries`` requests per row; ``metadata["tries"]`` counts them. A row that
+in flight), up to ``max_tries`` requests per row (one when greedy); ``metadata["tries"]``
+counts them. A row that
 never passes returns its last non-empty candidate flagged with ``metadata["guardrail_failed"]``;
 a row whose every candidate was empty or a forbidden end raises
 :class:`~userlm_env.errors.LLMCallError`. A completion that is, or begins with, the end marker
@@ -43,27 +48,27 @@ that reject unknown fields. ``extra_body`` also carries server features such as 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
-from simulators.guardrails import earlier_texts, first_token_ids
-from simulators.userlm import Candidate, UserLMConfig, _row_seed, judge
+from simulators.guardrails import end_ban_token_ids
+from simulators.sampling import (
+    Candidate,
+    Generation,
+    UserLMBaseConfig,
+    judge,
+    respond_with_retries,
+    row_seed,
+    with_overrides,
+)
 from userlm_env.chat_format import render_user_prompt, user_turn_suffix
-from userlm_env.errors import LLMCallError, ModelUnavailableError
 from userlm_env.llm import LLMClient, LLMConfig, LLMResult
-from userlm_env.models import EMBEDDED_MODELS, embedded_gguf_path
+from userlm_env.models import load_tokenizer
 from userlm_env.types import ConversationState, UserTurn
 
-__all__ = [
-    "UserLMServerConfig",
-    "UserLMServerSimulator",
-    "end_ban_token_ids",
-    "load_tokenizer",
-    "parse_completion",
-]
+__all__ = ["UserLMServerConfig", "UserLMServerSimulator", "parse_completion"]
 
 #: The bound of OpenAI-style ``logit_bias`` values; -100 in effect bans a token.
 _BIAS_LIMIT = 100.0
@@ -74,13 +79,12 @@ def _default_extra_body() -> dict[str, Any]:
 
 
 @dataclass
-class UserLMServerConfig(UserLMConfig):
-    """Settings of :class:`UserLMServerSimulator`: the in-process ones plus the connection.
+class UserLMServerConfig(UserLMBaseConfig):
+    """Settings of :class:`UserLMServerSimulator`: shared sampling and guardrails, connection.
 
     Inherited fields keep their meaning, except: ``max_new_tokens`` is sent as ``max_tokens``;
-    ``do_sample=False`` sends temperature 0; ``batch_size`` is the number of prompts per
-    concurrent batch of requests; ``logit_bias`` biases every token of each text at every
-    position (a server cannot spell sequences); ``dtype`` and ``device`` must stay ``None``.
+    ``do_sample=False`` sends temperature 0; ``logit_bias`` biases every token of each text at
+    every position (a server cannot spell sequences).
     """
 
     api_base: str | None = "http://127.0.0.1:8000/v1"  # completions server URL (vLLM's default)
@@ -91,11 +95,6 @@ class UserLMServerConfig(UserLMConfig):
     suppress_end_with_logit_bias: bool = True  # allow_end=False also bans the marker server-side
     extra_body: dict[str, Any] = field(default_factory=_default_extra_body)  # server-only fields
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.dtype is not None or self.device is not None:
-            raise ValueError("dtype and device apply to the in-process simulator only")
-
 
 class UserLMServerSimulator:
     """A User LM behind an OpenAI-compatible completions endpoint, for a batch of states.
@@ -103,8 +102,9 @@ class UserLMServerSimulator:
     Args:
         model: LiteLLM model string of the served model, e.g. ``"openai/microsoft/UserLM-8b"``
             (``openai/`` reaches any OpenAI-compatible server at ``config.api_base``).
-        tokenizer: The served model's tokenizer, or a name for :func:`load_tokenizer`; it must
-            be the server's own, since the prompt format is rendered with it.
+        tokenizer: The served model's tokenizer, or a name for
+            :func:`userlm_env.models.load_tokenizer` (loaded at first use); it must be the
+            server's own, since the prompt format is rendered with it.
         config: Guardrail, sampling and connection settings; ``overrides`` replace fields.
     """
 
@@ -115,23 +115,26 @@ class UserLMServerSimulator:
         config: UserLMServerConfig | None = None,
         **overrides: Any,
     ) -> None:
-        self.config = _with_overrides(config or UserLMServerConfig(), overrides)
-        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.config = with_overrides(config or UserLMServerConfig(), overrides)
+        self.tokenizer_name = tokenizer if isinstance(tokenizer, str) else None
+        self._tokenizer = None if isinstance(tokenizer, str) else tokenizer
         self.client = LLMClient(self._llm_config(model))
-        self.stop = _stop_texts(self.tokenizer)
-        self.logit_bias = self._logit_bias()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer, loaded on first access.
+
+        Raises:
+            ModelUnavailableError: It cannot be found locally (the message lists alternatives).
+        """
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(str(self.tokenizer_name))
+        return self._tokenizer
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """Return the next user turn of each state (see the module docstring for guardrails)."""
-        rows = [_Row(state, earlier_texts(state)) for state in states]
-        for attempt in range(self.config.max_tries):
-            pending = [row for row in rows if row.result is None]
-            if not pending:
-                break
-            results = self._complete([row.state for row in pending], attempt)
-            for row, result in zip(pending, results, strict=True):
-                row.settle(parse_completion(result, row.earlier, self.config))
-        return [row.finish() for row in rows]
+        source = "the user LM server"
+        return respond_with_retries(states, self._complete, self.config, source=source)
 
     def prompt(self, state: ConversationState) -> str:
         """The exact text sent to the server for ``state``."""
@@ -140,22 +143,18 @@ class UserLMServerSimulator:
     def request_params(self) -> dict[str, Any]:
         """Sampling parameters sent with every request (besides prompt and seed)."""
         cfg = self.config
-        params: dict[str, Any] = {"max_tokens": cfg.max_new_tokens, "stop": list(self.stop)}
+        params: dict[str, Any] = {"max_tokens": cfg.max_new_tokens, "stop": list(self._stop)}
         greedy = {"temperature": 0.0}
         params |= {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else greedy
-        params |= {"logit_bias": dict(self.logit_bias)} if self.logit_bias else {}
+        params |= {"logit_bias": dict(self._logit_bias)} if self._logit_bias else {}
         params |= {"extra_body": dict(cfg.extra_body)} if cfg.extra_body else {}
         return params
 
-    def _complete(self, states: list[ConversationState], attempt: int) -> list[LLMResult]:
+    def _complete(self, states: list[ConversationState], attempt: int) -> list[Generation]:
         prompts = [self.prompt(state) for state in states]
-        seeds = [_row_seed(state, attempt) for state in states]
-        size, params = self.config.batch_size, self.request_params()
-        results: list[LLMResult] = []
-        for start in range(0, len(prompts), size):
-            chunk = slice(start, start + size)
-            results.extend(self.client.complete_many(prompts[chunk], seeds=seeds[chunk], **params))
-        return results
+        seeds = [row_seed(state, attempt) for state in states]
+        results = self.client.complete_many(prompts, seeds=seeds, **self.request_params())
+        return [_generation(result) for result in results]
 
     def _llm_config(self, model: str) -> LLMConfig:
         cfg = self.config
@@ -168,6 +167,13 @@ class UserLMServerSimulator:
             concurrency=cfg.concurrency,
         )
 
+    @cached_property
+    def _stop(self) -> list[str]:
+        """Texts that end a user turn: the template's end-of-turn text and the EOS token."""
+        texts = [user_turn_suffix(self.tokenizer).strip(), self.tokenizer.eos_token or ""]
+        return sorted({text for text in texts if text})
+
+    @cached_property
     def _logit_bias(self) -> dict[str, float]:
         """Token id (as a string, the OpenAI convention) -> bias, clipped to [-100, 100]."""
         cfg, bias = self.config, {}
@@ -180,77 +186,13 @@ class UserLMServerSimulator:
         return {k: max(-_BIAS_LIMIT, min(_BIAS_LIMIT, v)) for k, v in bias.items()}
 
 
-def parse_completion(result: LLMResult, earlier: Sequence[str], config: UserLMConfig) -> Candidate:
+def parse_completion(
+    result: LLMResult, earlier: Sequence[str], config: UserLMBaseConfig
+) -> Candidate:
     """Judge one server completion: end marker, guardrails, and cut-off at ``max_tokens``."""
-    return judge(result.text, earlier, config, truncated=result.finish_reason == "length")
+    generation = _generation(result)
+    return judge(generation.text, earlier, config, truncated=generation.truncated)
 
 
-def end_ban_token_ids(tokenizer: Any, end_marker: str) -> list[int]:
-    """Tokens to ban so the marker cannot start: its own id, else its first token(s)."""
-    single = tokenizer.get_vocab().get(end_marker)
-    if single is not None:
-        return [single]
-    return first_token_ids(tokenizer, [end_marker, " " + end_marker])
-
-
-def load_tokenizer(name: str) -> Any:
-    """Load only the tokenizer of a model: an embedded name, a ``.gguf`` file, a path or hub id.
-
-    Raises:
-        ModelUnavailableError: It cannot be found locally (offline hub ids must be cached).
-    """
-    from transformers import AutoTokenizer
-
-    gguf = embedded_gguf_path(name) if name in EMBEDDED_MODELS else Path(name).expanduser()
-    try:
-        if gguf.suffix == ".gguf" and gguf.is_file():
-            return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise ModelUnavailableError(
-            f"cannot load the tokenizer of {name!r} ({error}); pass the served model's hub id, "
-            f"a local checkpoint directory, a .gguf file, or {next(iter(EMBEDDED_MODELS))!r}"
-        ) from error
-
-
-def _stop_texts(tokenizer: Any) -> list[str]:
-    """Texts that end a user turn: the template's end-of-turn text and the EOS token."""
-    texts = [user_turn_suffix(tokenizer).strip(), tokenizer.eos_token or ""]
-    return sorted({text for text in texts if text})
-
-
-@dataclass
-class _Row:
-    """One state's progress across tries, local to a ``respond`` call."""
-
-    state: ConversationState
-    earlier: list[str]
-    tries: int = 0
-    last: Candidate | None = None
-    result: UserTurn | None = None
-
-    def settle(self, candidate: Candidate) -> None:
-        self.tries += 1
-        if candidate.reason is None:
-            self.result = candidate.turn(self.tries)
-        elif not candidate.ended and candidate.text:
-            self.last = candidate
-
-    def finish(self) -> UserTurn:
-        if self.result is not None:
-            return self.result
-        if self.last is None:
-            raise LLMCallError(
-                f"the user LM server produced no usable text for {self.state.intent.task_id!r} "
-                f"in {self.tries} tries (every completion was empty or a forbidden end marker)",
-                attempts=self.tries,
-            )
-        return self.last.turn(self.tries, guardrail_failed=self.last.reason)
-
-
-def _with_overrides(config: UserLMServerConfig, overrides: dict[str, Any]) -> UserLMServerConfig:
-    known = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown UserLMServerConfig fields {unknown}; known: {sorted(known)}")
-    return dataclasses.replace(config, **overrides)
+def _generation(result: LLMResult) -> Generation:
+    return Generation(result.text, truncated=result.finish_reason == "length")

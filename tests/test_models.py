@@ -26,6 +26,7 @@ from userlm_env.models import (
     ModelLRU,
     is_complete_cache,
     load_model,
+    load_tokenizer,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,14 @@ def test_missing_local_path_raises(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="no model at path") as caught:
         load_model(str(tmp_path / "missing" / "checkpoint"))
     _assert_names_alternatives(str(caught.value))
+
+
+def test_load_tokenizer_errors_name_the_alternatives(offline: None, tmp_path: Path) -> None:
+    for name in ("userlm-env-tests/no-such-model-3b", str(tmp_path / "missing" / "checkpoint")):
+        with pytest.raises(ModelUnavailableError, match="tokenizer") as caught:
+            load_tokenizer(name, cache_dir="/nonexistent")
+        assert name in str(caught.value)
+        _assert_names_alternatives(str(caught.value))
 
 
 def test_missing_embedded_package_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +153,20 @@ def test_cached_weights_equal_converted_weights(converted: dict[str, Any]) -> No
     fresh, cached = converted["first"].model.state_dict(), again.model.state_dict()
     assert fresh.keys() == cached.keys()
     assert all(torch.equal(fresh[k], cached[k]) for k in fresh)
+
+
+@pytest.mark.slow
+def test_load_tokenizer_reads_the_cache_entry_else_the_gguf_file(
+    converted: dict[str, Any], tmp_path: Path
+) -> None:
+    cached = load_tokenizer(EMBEDDED_MODEL, cache_dir=converted["cache"])
+    assert Path(cached.name_or_path) == converted["entry"]
+    from_gguf = load_tokenizer(EMBEDDED_MODEL, cache_dir=tmp_path)  # no entry there
+    assert Path(from_gguf.name_or_path) == models.embedded_gguf_path(EMBEDDED_MODEL).parent
+    assert not list(tmp_path.iterdir())  # reading never writes the cache
+    text = "Sam has <|endconversation|> 12 apples"
+    assert cached.encode(text) == from_gguf.encode(text)
+    assert cached.chat_template == from_gguf.chat_template
 
 
 @pytest.mark.slow

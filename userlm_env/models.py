@@ -16,6 +16,11 @@ and later loads read that directory instead. An entry is written into a temporar
 renamed into place only once complete, with a manifest of its files and their sizes; an entry
 without a valid manifest, or one that fails to load, is discarded and converted again.
 
+:func:`load_tokenizer` resolves the same names but loads only the tokenizer (for a model served
+elsewhere, e.g. by vLLM or llama.cpp). For a GGUF model it reads the tokenizer from a complete
+conversion-cache entry when there is one (about 0.3 s instead of about 9 s parsing the GGUF
+file); it never writes the cache.
+
 Within a process, loaded models are kept in a small LRU (:data:`LOADED_MODELS`): loading the same
 name with the same dtype and device twice returns the same :class:`LoadedModel` object.
 """
@@ -50,6 +55,7 @@ __all__ = [
     "embedded_gguf_path",
     "is_complete_cache",
     "load_model",
+    "load_tokenizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,6 +176,36 @@ def load_model(
     return loaded
 
 
+def load_tokenizer(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Load only the tokenizer of the model called ``name`` (names as for :func:`load_model`).
+
+    Args:
+        name: ``"smollm2-135m-instruct"``, a local checkpoint directory or ``.gguf`` file, or a
+            Hugging Face hub id.
+        cache_dir: Root of the GGUF conversion cache, read when it holds the model.
+
+    Raises:
+        ModelUnavailableError: The tokenizer cannot be found locally (offline hub ids must be
+            in the local Hugging Face cache); the message lists the alternatives.
+    """
+    gguf = _gguf_source(name)
+    if gguf is not None:
+        label, path = gguf
+        entry = _cache_entry(label, path, cache_root(cache_dir))
+        if is_complete_cache(entry):
+            try:
+                return _tokenizer_from(str(entry), name, local_only=True)
+            except ModelUnavailableError as error:  # a broken entry: read the GGUF file instead
+                logger.warning("ignoring unreadable model cache %s: %s", entry, error)
+        return _tokenizer_from(str(path.parent), name, local_only=True, gguf_file=path.name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _tokenizer_from(str(path), name, local_only=True)
+    if _looks_like_path(name):
+        raise ModelUnavailableError(f"no tokenizer at path {name!r}. " + _alternatives(name))
+    return _tokenizer_from(name, name, local_only=_offline())
+
+
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The folder holding converted models (created on first write)."""
     if cache_dir is not None:
@@ -211,10 +247,11 @@ def is_complete_cache(entry: Path) -> bool:
 
 def _load(name: str, dtype: Any, device: Any, root: Path) -> LoadedModel:
     start = time.perf_counter()
-    if name in EMBEDDED_MODELS:
-        source, tokenizer, model, cached = _load_gguf(name, embedded_gguf_path(name), root)
+    gguf = _gguf_source(name)
+    if gguf is not None:
+        source, tokenizer, model, cached = _load_gguf(*gguf, root)
     else:
-        source, tokenizer, model, cached = _load_named(name, root)
+        source, tokenizer, model, cached = _load_named(name)
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedModel(
         name=name,
@@ -227,10 +264,18 @@ def _load(name: str, dtype: Any, device: Any, root: Path) -> LoadedModel:
     )
 
 
-def _load_named(name: str, root: Path) -> tuple[str, Any, Any, bool]:
+def _gguf_source(name: str) -> tuple[str, Path] | None:
+    """``(cache label, GGUF file)`` for an embedded name or a ``.gguf`` path, else ``None``."""
+    if name in EMBEDDED_MODELS:
+        return name, embedded_gguf_path(name)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf(path.stem.lower(), path, root)
+        return path.stem.lower(), path
+    return None
+
+
+def _load_named(name: str) -> tuple[str, Any, Any, bool]:
+    path = Path(name).expanduser()
     if path.is_dir():
         return str(path), *_from_pretrained(str(path), name, local_only=True), False
     if _looks_like_path(name):
@@ -250,6 +295,21 @@ def _from_pretrained(location: str, name: str, *, local_only: bool) -> tuple[Any
             f"cannot load model {name!r} {where} ({error}). " + _alternatives(name)
         ) from error
     return tokenizer, model
+
+
+def _tokenizer_from(
+    location: str, name: str, *, local_only: bool, gguf_file: str | None = None
+) -> Any:
+    from transformers import AutoTokenizer
+
+    options = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        return AutoTokenizer.from_pretrained(location, local_files_only=local_only, **options)
+    except (OSError, ValueError) as error:
+        where = "in the local Hugging Face cache" if local_only else "locally or online"
+        raise ModelUnavailableError(
+            f"cannot load the tokenizer of {name!r} {where} ({error}). " + _alternatives(name)
+        ) from error
 
 
 def _looks_like_path(name: str) -> bool:
@@ -295,8 +355,13 @@ def _resolve_dtype(dtype: Any, device: Any) -> Any:
 # --- GGUF conversion cache --------------------------------------------------------------------
 
 
+def _cache_entry(label: str, gguf: Path, root: Path) -> Path:
+    """The cache folder of one GGUF file: its label, content hash prefix and size."""
+    return root / f"{label}-{_fingerprint(gguf)}"
+
+
 def _load_gguf(label: str, gguf: Path, root: Path) -> tuple[str, Any, Any, bool]:
-    entry = root / f"{label}-{_fingerprint(gguf)}"
+    entry = _cache_entry(label, gguf, root)
     if is_complete_cache(entry):
         try:
             return str(entry), *_from_pretrained(str(entry), label, local_only=True), True

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from userlm_env.types import Intent, Shard
+from userlm_env.types import Intent, Message, Shard
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -32,3 +35,27 @@ def read_jsonl(name: str) -> list[dict]:
     """The records of a fixture file."""
     lines = (FIXTURES / name).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+@dataclass
+class _Config:
+    model: str = "scripted-judge"
+
+
+@dataclass
+class _Result:
+    text: str
+
+
+@dataclass
+class ScriptedClient:
+    """Replays fixed replies; stands in for the LLM client only to produce bad (or exact)
+    replies on demand, which the real local model cannot be made to produce reliably."""
+
+    replies: list[str]
+    config: _Config = field(default_factory=_Config)
+    prompts: list[list[Message]] = field(default_factory=list)
+
+    def chat_many(self, conversations: Sequence[Sequence[Message]], **_: Any) -> list[_Result]:
+        self.prompts.extend(list(c) for c in conversations)
+        return [_Result(self.replies.pop(0)) for _ in conversations]

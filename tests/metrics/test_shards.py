@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from simulators.sharded import ShardedSimulator
 from tests.conftest import GSM8K_TEST
 from tests.fault_server import FaultServer
-from tests.metrics.data import pile_intent, read_jsonl
+from tests.metrics.data import ScriptedClient, pile_intent, read_jsonl
 from tests.server_fixtures import LlamaServer
 from userlm_env.errors import DataError
 from userlm_env.intents import load_gsm8k_jsonl, load_humaneval
@@ -27,7 +26,7 @@ from userlm_env.metrics.shards import (
     matcher_scores,
     validate_judgement,
 )
-from userlm_env.types import ConversationState, Intent, Message
+from userlm_env.types import ConversationState, Intent
 
 # --------------------------------------------------------------------------- lexical
 
@@ -128,29 +127,6 @@ def test_validator_rejects_malformed_replies(reply: dict[str, Any], message: str
         validate_judgement(reply, 2, [1, 2, 3])
 
 
-@dataclass
-class _Config:
-    model: str = "scripted-judge"
-
-
-@dataclass
-class _Result:
-    text: str
-
-
-@dataclass
-class ScriptedClient:
-    """Replays fixed replies; stands in for the LLM only to produce bad replies on demand."""
-
-    replies: list[str]
-    config: _Config = field(default_factory=_Config)
-    prompts: list[list[Message]] = field(default_factory=list)
-
-    def chat_many(self, conversations: Sequence[Sequence[Message]], **_: Any) -> list[_Result]:
-        self.prompts.extend(list(c) for c in conversations)
-        return [_Result(self.replies.pop(0)) for _ in conversations]
-
-
 GOOD = json.dumps({"turns": [{"turn": 1, "shards": [2]}, {"turn": 2, "shards": [3, 4]}]})
 TURNS = ["Sam starts with 12 apples", "then he buys 7 and gives 4 away"]
 
@@ -172,6 +148,7 @@ def test_judge_gives_up_with_a_typed_error(apples_intent: Intent) -> None:
         LLMJudgeShardMatcher(client).match_turns(TURNS, apples_intent)
 
 
+@pytest.mark.slow  # imports LiteLLM (seconds)
 def test_judge_over_http_reports_unusable_replies(
     fault_server: FaultServer, apples_intent: Intent
 ) -> None:

@@ -15,7 +15,7 @@ from simulators import make_simulator
 from simulators.prompted import PromptedConfig, PromptedSimulator, clean_output, role_play_prompt
 from tests.server_fixtures import LlamaServer
 from userlm_env.core import SimulatorError
-from userlm_env.errors import UnknownNameError
+from userlm_env.errors import ModelUnavailableError, UnknownNameError
 from userlm_env.types import END_MARKER, ConversationState, Intent
 
 REPLY = "Sure! How many apples does Sam start with?"
@@ -147,3 +147,12 @@ def test_hf_backend_on_embedded_model(apples_intent: Intent) -> None:
     assert len(turns) == 2
     assert all(t.ended or t.text.strip() for t in turns)
     assert [t.text for t in simulator.respond(states[::-1])] == [t.text for t in turns[::-1]]
+
+
+def test_hf_backend_builds_offline_and_loads_at_first_use(
+    monkeypatch: pytest.MonkeyPatch, apples_intent: Intent
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    simulator = PromptedSimulator("microsoft/UserLM-8b", backend="hf")  # loads nothing
+    with pytest.raises(ModelUnavailableError, match="smollm2-135m-instruct"):
+        simulator.respond([ConversationState(intent=apples_intent, seed=0)])

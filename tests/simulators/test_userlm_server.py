@@ -8,24 +8,22 @@ through ``extra_body``): prompting the model into emitting the marker is unrelia
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from simulators import make_simulator
-from simulators.guardrails import earlier_texts
-from simulators.userlm import UserLMConfig
-from simulators.userlm_server import (
-    UserLMServerConfig,
-    UserLMServerSimulator,
-    end_ban_token_ids,
-    load_tokenizer,
-    parse_completion,
-)
+from simulators.guardrails import earlier_texts, end_ban_token_ids
+from simulators.sampling import UserLMConfig
+from simulators.userlm_server import UserLMServerConfig, UserLMServerSimulator, parse_completion
+from tests.conftest import REPO_ROOT
 from tests.server_fixtures import LlamaServer
 from userlm_env.chat_format import render_user_prompt
 from userlm_env.errors import LLMCallError, ModelUnavailableError
 from userlm_env.llm import LLMResult
+from userlm_env.models import EMBEDDED_MODEL, load_tokenizer
 from userlm_env.types import END_MARKER, ConversationState, Intent
 
 ONLY_END = {"grammar": f'root ::= "{END_MARKER}"'}
@@ -35,7 +33,7 @@ NO_CHECKS = {"min_words": None, "max_words": None, "ban_first_words": (), "rejec
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return load_tokenizer("smollm2-135m-instruct")
+    return load_tokenizer(EMBEDDED_MODEL)
 
 
 def _simulator(server: LlamaServer, tokenizer: Any, **overrides: Any) -> UserLMServerSimulator:
@@ -165,20 +163,22 @@ def test_request_carries_prompt_stop_and_end_ban(tokenizer: Any, apples_intent: 
     assert params["stop"] == ["<|im_end|>"]
     assert params["temperature"] == 0.6 and params["top_p"] == 0.9 and params["max_tokens"] == 60
     banned = end_ban_token_ids(tokenizer, END_MARKER)
-    assert banned and params["logit_bias"] == {str(t): -100.0 for t in banned}
-    assert tokenizer.decode([banned[0]]).strip() == "<"
+    assert params["logit_bias"] == {str(t): -100.0 for t in banned}
+    assert [tokenizer.decode([t]) for t in banned] == ["<", " <"]  # alone and after a space
     assert "logit_bias" not in UserLMServerSimulator("openai/x", tokenizer).request_params()
 
 
 def test_config_rejects_in_process_only_and_unknown_fields(tokenizer: Any) -> None:
-    with pytest.raises(ValueError, match="in-process"):
-        UserLMServerConfig(device="cpu")
+    for in_process_only in ("device", "dtype", "batch_size"):
+        with pytest.raises(TypeError, match=in_process_only):
+            UserLMServerConfig(**{in_process_only: "cpu"})
     with pytest.raises(ValueError, match="min_words"):
         UserLMServerConfig(min_words=9, max_words=3)
     with pytest.raises(TypeError, match="unknown UserLMServerConfig fields"):
         UserLMServerSimulator("openai/x", tokenizer, temprature=0.3)
-    greedy = UserLMServerSimulator("openai/x", tokenizer, do_sample=False).request_params()
-    assert greedy["temperature"] == 0.0 and "top_p" not in greedy
+    greedy = UserLMServerSimulator("openai/x", tokenizer, do_sample=False)
+    assert greedy.request_params()["temperature"] == 0.0
+    assert "top_p" not in greedy.request_params() and greedy.config.tries == 1
 
 
 def test_registry_builds_it_and_missing_tokenizer_is_typed(tokenizer: Any) -> None:
@@ -186,3 +186,23 @@ def test_registry_builds_it_and_missing_tokenizer_is_typed(tokenizer: Any) -> No
     assert isinstance(built, UserLMServerSimulator)
     with pytest.raises(ModelUnavailableError, match="tokenizer"):
         load_tokenizer("/nonexistent/userlm-checkpoint")
+
+
+def test_builds_offline_without_the_tokenizer_and_fails_clearly_at_first_use(
+    monkeypatch: pytest.MonkeyPatch, apples_intent: Intent
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    simulator = make_simulator("userlm_server", tokenizer="microsoft/UserLM-8b", api_base=None)
+    assert simulator.tokenizer_name == "microsoft/UserLM-8b"
+    with pytest.raises(ModelUnavailableError, match="tokenizer") as caught:
+        simulator.respond(_states(apples_intent, range(1)))
+    assert EMBEDDED_MODEL in str(caught.value) and "local checkpoint" in str(caught.value)
+    assert simulator.client.stats.calls == 0  # nothing was sent
+
+
+def test_importing_the_server_simulator_does_not_import_torch() -> None:
+    code = "import sys, simulators.userlm_server; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert done.stdout.strip() == "False"

@@ -9,7 +9,8 @@ the experiment reports and the tests.
 * :mod:`~userlm_env.metrics.diversity`: exact pairwise Jaccard as matrix operations.
 * :mod:`~userlm_env.metrics.suite`: the paper's Table 3 over many conversations.
 * :mod:`~userlm_env.metrics.intrinsic`: the paper's Table 2 (first-turn diversity, intent
-  decomposition, termination F1, role and intent adherence, naturalness hook).
+  decomposition, termination F1, role and intent adherence, naturalness hook); its data
+  records and loaders are in :mod:`~userlm_env.metrics.intrinsic_data`.
 * :mod:`~userlm_env.metrics.judge`: JSON replies, retries and disk cache of the LLM judges.
 """
 

@@ -2,9 +2,9 @@
 
 For ``n`` sets over a vocabulary ``V`` the sets become rows of a 0/1 matrix ``X`` (``n x V``);
 ``X @ X.T`` holds every pairwise intersection size and the union is ``|A| + |B| - |A & B|``.
-Words found in a single set cannot be in any intersection, so they only count towards the set
-sizes and are left out of the matrix, which keeps it small. The result equals the plain
-set-by-set computation (:func:`naive_mean_pairwise_jaccard`, kept as the reference and the
+For many sets, words found in a single set (which cannot be in any intersection) only count
+towards the set sizes and are left out of the matrix, which keeps it small. The result equals
+the plain set-by-set computation (:func:`naive_mean_pairwise_jaccard`, kept as the reference and the
 benchmark's baseline) up to float rounding.
 
 :class:`EpisodeHistory` keeps the unigram sets of earlier episodes per intent, for the
@@ -13,7 +13,7 @@ per-step ``diversity`` value of the environments.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 
@@ -31,6 +31,8 @@ __all__ = [
 
 #: Rows per block of the intersection product (bounds memory for thousands of sets).
 _BLOCK_ROWS = 1024
+#: Above this many sets, words found in a single set are left out of the matrix.
+_PRUNE_ABOVE = 64
 
 
 def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float:
@@ -39,37 +41,50 @@ def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float
     return len(a & b) / union if union else 1.0
 
 
-def _shared_matrix(sets: Sequence[Iterable[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 matrix over the words found in 2+ sets, and every set's size."""
-    frozen = [frozenset(s) for s in sets]
-    counts = Counter(word for s in frozen for word in s)
-    shared = {w: i for i, w in enumerate(w for w, c in counts.items() if c > 1)}
-    matrix = np.zeros((len(frozen), len(shared)), dtype=np.float32)
-    for row, words in enumerate(frozen):
-        columns = [shared[w] for w in words if w in shared]
-        matrix[row, columns] = 1.0
-    sizes = np.fromiter((len(s) for s in frozen), dtype=np.float64, count=len(frozen))
-    return matrix, sizes
+def _incidence(sets: Sequence[Iterable[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 matrix (sets x words) and every set's size. With many sets, words found in one set
+    only are left out of the matrix (they change sizes, never intersections)."""
+    frozen = [s if isinstance(s, frozenset) else frozenset(s) for s in sets]
+    ids: dict[str, int] = {}
+    columns = np.fromiter((ids.setdefault(w, len(ids)) for s in frozen for w in s), dtype=np.intp)
+    sizes = np.fromiter((len(s) for s in frozen), dtype=np.intp, count=len(frozen))
+    rows = np.repeat(np.arange(len(frozen)), sizes)
+    width = len(ids)
+    if len(frozen) > _PRUNE_ABOVE and columns.size:
+        shared = np.bincount(columns, minlength=width) > 1
+        remap = np.cumsum(shared) - 1
+        rows, columns, width = (
+            rows[shared[columns]],
+            remap[columns[shared[columns]]],
+            int(shared.sum()),
+        )
+    matrix = np.zeros((len(frozen), width), dtype=np.float32)
+    matrix[rows, columns] = 1.0
+    return matrix, sizes.astype(np.float64)
+
+
+def _intersections(matrix: np.ndarray) -> np.ndarray:
+    """``matrix @ matrix.T`` in row blocks (exact: small integer counts in float32)."""
+    n = matrix.shape[0]
+    inter = np.empty((n, n), dtype=np.float64)
+    for start in range(0, n, _BLOCK_ROWS):
+        inter[start : start + _BLOCK_ROWS] = matrix[start : start + _BLOCK_ROWS] @ matrix.T
+    return inter
+
+
+def _ratio(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """``inter / union`` with 1.0 where both sets are empty."""
+    safe = np.where(union > 0, union, 1.0)
+    return np.where(union > 0, inter / safe, 1.0)
 
 
 def pairwise_jaccard(sets: Sequence[Iterable[str]]) -> np.ndarray:
     """The ``n x n`` matrix of Jaccard indices (diagonal 1.0)."""
-    matrix, sizes = _shared_matrix(sets)
+    matrix, sizes = _incidence(sets)
     inter = _intersections(matrix)
-    union = sizes[:, None] + sizes[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
+    result = _ratio(inter, sizes[:, None] + sizes[None, :] - inter)
     np.fill_diagonal(result, 1.0)
     return result
-
-
-def _intersections(matrix: np.ndarray) -> np.ndarray:
-    n = matrix.shape[0]
-    inter = np.empty((n, n), dtype=np.float64)
-    for start in range(0, n, _BLOCK_ROWS):
-        block = matrix[start : start + _BLOCK_ROWS]
-        inter[start : start + _BLOCK_ROWS] = block @ matrix.T  # exact: small integer counts
-    return inter
 
 
 def mean_pairwise_jaccard(sets: Sequence[Iterable[str]]) -> float | None:
@@ -77,8 +92,10 @@ def mean_pairwise_jaccard(sets: Sequence[Iterable[str]]) -> float | None:
     n = len(sets)
     if n < 2:
         return None
-    upper = np.triu_indices(n, k=1)
-    return float(pairwise_jaccard(sets)[upper].mean())
+    matrix, sizes = _incidence(sets)
+    first, second = np.triu_indices(n, k=1)
+    inter = _intersections(matrix)[first, second]
+    return float(_ratio(inter, sizes[first] + sizes[second] - inter).mean())
 
 
 def unigram_difference(sets: Sequence[Iterable[str]]) -> float | None:

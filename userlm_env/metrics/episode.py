@@ -183,7 +183,9 @@ def _intent_vocabulary(instruction: str, shard_texts: tuple[str, ...]) -> frozen
     return content_set((instruction, *shard_texts))
 
 
-_QUOTED = re.compile(r"`([^`\n]+)`|\"([^\"\n]+)\"|'([^'\n]+)'")
+# Backticked or quoted literals; a single quote opens and closes only at a word boundary, so
+# the apostrophes of "don't ... it's" never pair up.
+_QUOTED = re.compile(r"`([^`\n]+)`|\"([^\"\n]+)\"|(?<!\w)'([^'\n]+?)'(?!\w)")
 
 
 def _quoted(text: str) -> set[str]:

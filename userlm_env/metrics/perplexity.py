@@ -82,7 +82,9 @@ def sample_nll(model: Any, samples: Sequence[FlipSample], pad_token_id: int) -> 
     """Summed NLL (nats) of each sample's labelled tokens, in one padded forward pass."""
     import torch
 
-    batch = FlipCollator(pad_token_id)([{"input_ids": s.input_ids, "labels": s.labels} for s in samples])
+    batch = FlipCollator(pad_token_id)(
+        [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
+    )
     batch = {k: v.to(model.device) for k, v in batch.items()}
     with torch.inference_mode():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -101,7 +103,9 @@ def perplexity(
 ) -> PerplexityResult:
     """Per-token perplexity of the user turns of ``conversations`` (see the module doc)."""
     config = config or PerplexityConfig()
-    flip = FlipConfig(config.use_intent, config.include_end, config.max_length, config.missing_intent)
+    flip = FlipConfig(
+        config.use_intent, config.include_end, config.max_length, config.missing_intent
+    )
     samples = flip_conversations(conversations, tokenizer, flip).samples
     if not samples:
         raise ValueError("no user turns to score: the conversations produced no samples")

@@ -253,7 +253,9 @@ def _wildchat_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "hashed_ip": row.get("hashed_ip"),
         "country": row.get("country") or "unknown",
         "language": row.get("language"),
-        "messages": [{"role": t.get("role"), "content": t.get("content")} for t in row["conversation"]],
+        "messages": [
+            {"role": t.get("role"), "content": t.get("content")} for t in row["conversation"]
+        ],
         "model": row.get("model"),
     }
 
@@ -321,23 +323,40 @@ def remove_near_duplicates(
     keep_representative: bool = False,
     top: int = 20,
 ) -> tuple[list[Conversation], DedupReport]:
-    """Drop conversations whose first user turn shares a frequent ``n``-gram (see module doc)."""
+    """Drop conversations whose first user turn shares a frequent ``n``-gram (see module doc).
+
+    Memory stays small on WildChat-sized corpora: the first pass counts 64-bit hashes of the
+    n-grams in one sorted array; only the frequent n-grams are kept as text in the second pass.
+    """
     if threshold < 2:
         raise ValueError(f"threshold must be at least 2 conversations, got {threshold}")
-    grams = [first_turn_ngrams(c.first_user_turn, n) for c in conversations]
-    frequency = Counter(g for per_conversation in grams for g in per_conversation)
-    frequent = {g for g, count in frequency.items() if count >= threshold}
+    frequent = _frequent_hashes(conversations, n, threshold)
     kept, removed, represented = [], [], set()
-    for conversation, own in zip(conversations, grams, strict=True):
-        hits = own & frequent
+    templates: Counter[str] = Counter()
+    for conversation in conversations:
+        hits = {
+            g for g in first_turn_ngrams(conversation.first_user_turn, n) if hash(g) in frequent
+        }
+        templates.update(hits)
         if hits and not (keep_representative and not hits & represented):
             removed.append(conversation.conversation_id)
         else:
             kept.append(conversation)
         represented |= hits
-    templates = tuple((g, c) for g, c in frequency.most_common() if c >= threshold)[:top]
-    report = DedupReport(threshold, len(kept), len(removed), templates, tuple(removed))
-    return kept, report
+    top_templates = tuple(templates.most_common(top))
+    return kept, DedupReport(threshold, len(kept), len(removed), top_templates, tuple(removed))
+
+
+def _frequent_hashes(conversations: Sequence[Conversation], n: int, threshold: int) -> set[int]:
+    """Hashes of the n-grams found in at least ``threshold`` first turns (one count per turn)."""
+    import numpy as np
+
+    hashes = np.fromiter(
+        (hash(g) for c in conversations for g in first_turn_ngrams(c.first_user_turn, n)),
+        dtype=np.int64,
+    )
+    values, counts = np.unique(hashes, return_counts=True)
+    return {int(v) for v in values[counts >= threshold]}
 
 
 # --- user-level splits -----------------------------------------------------------------------

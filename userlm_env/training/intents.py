@@ -178,7 +178,9 @@ class IntentCache:
                 record = json.loads(line)
                 self._intents[record["key"]] = record["intent"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                _log.warning("%s:%d: unreadable cache line skipped (interrupted write?)", path, number)
+                _log.warning(
+                    "%s:%d: unreadable cache line skipped (interrupted write?)", path, number
+                )
 
 
 def render_conversation(messages: Sequence[Message], config: IntentConfig) -> str:

@@ -1,13 +1,13 @@
-"""The bundled UserLM trainer: full fine-tuning on flipped conversations with ``transformers.Trainer``.
+"""The bundled UserLM trainer: full fine-tuning on flipped conversations with transformers' Trainer.
 
-:func:`train_userlm` loads (or randomly initialises) a causal LM, adds the end-of-conversation token,
-flips the conversations into samples (:mod:`userlm_env.training.flip`), and runs the Trainer with
-the paper's recipe by default (section 2.2): learning rate 2e-5, 1,024 samples per optimiser step
-(reached by gradient accumulation), sequences up to 2,048 tokens, bf16 on GPU, gradient
-checkpointing, and length-grouped batches. Checkpoints go to ``output_dir/checkpoint-*`` and a run
-resumes from the latest one with ``resume_from_checkpoint=True``. The final model and tokenizer
-(with the end token) are saved in ``output_dir`` and load in ``make_simulator("userlm",
-model=output_dir)``.
+:func:`train_userlm` loads (or randomly initialises) a causal LM, adds the end-of-conversation
+token, flips the conversations into samples (:mod:`userlm_env.training.flip`), and runs the
+Trainer with the paper's recipe by default (section 2.2): learning rate 2e-5, 1,024 samples per
+optimiser step (reached by gradient accumulation), sequences up to 2,048 tokens, bf16 on GPU,
+gradient checkpointing, and length-grouped batches. Checkpoints go to ``output_dir/checkpoint-*``
+and a run resumes from the latest one with ``resume_from_checkpoint=True``. The final model and
+tokenizer (with the end token) are saved in ``output_dir`` and load in
+``make_simulator("userlm", model=output_dir)``.
 
 Several GPUs: launch ``experiments/train.py`` with ``accelerate launch --config_file
 experiments/conf/accelerate/fsdp.yaml``; the gradient accumulation is divided by ``WORLD_SIZE``.
@@ -116,6 +116,7 @@ class TrainResult:
     tokens: int  # tokens in one pass over the training samples
     train_seconds: float  # wall time of trainer.train()
     tokens_per_second: float  # non-padding input tokens processed per second
+    parameters: int  # parameters of the trained model (embeddings included)
     flip: FlipResult  # how the training conversations were flipped
 
     @property
@@ -201,7 +202,9 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Any:
         model = _from_pretrained(AutoModelForCausalLM, config.model, dtype=dtype)
     elif config.init == "random":
         fields = {"model_type": "llama", **config.architecture}
-        model_config = AutoConfig.for_model(fields.pop("model_type"), **_token_ids(tokenizer), **fields)
+        model_config = AutoConfig.for_model(
+            fields.pop("model_type"), **_token_ids(tokenizer), **fields
+        )
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     else:
@@ -279,7 +282,9 @@ def _version_specific(config: TrainConfig, arguments_class: Any) -> dict[str, An
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else None
     kwargs[checkpointing or "gradient_checkpointing"] = config.gradient_checkpointing
     if "train_sampling_strategy" in names:
-        kwargs["train_sampling_strategy"] = "group_by_length" if config.group_by_length else "random"
+        kwargs["train_sampling_strategy"] = (
+            "group_by_length" if config.group_by_length else "random"
+        )
     else:
         kwargs["group_by_length"] = config.group_by_length
     if "warmup_ratio" in names:
@@ -368,5 +373,6 @@ def _result(
         tokens=train_set.tokens,
         train_seconds=seconds,
         tokens_per_second=tokens_seen / seconds if seconds > 0 else 0.0,
+        parameters=sum(p.numel() for p in trainer.model.parameters()),
         flip=flipped,
     )

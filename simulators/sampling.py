@@ -1,0 +1,228 @@
+"""What the User LM simulators share, without torch: settings, the verdict, seeds, retries.
+
+Both User LM simulators (in-process :mod:`simulators.userlm`, server-backed
+:mod:`simulators.userlm_server`) run the same loop and differ only in how they generate text:
+
+* :class:`UserLMBaseConfig` holds the sampling settings and the guardrails (paper appendix D.1);
+  :class:`UserLMConfig` adds the in-process fields (``batch_size``, ``dtype``, ``device``), and
+  the server config adds its connection fields to the base.
+* :func:`judge` turns one raw generation into a :class:`Candidate`: an end of the conversation,
+  or a text turn with the first guardrail it breaks (or none).
+* :func:`row_seed` gives each conversation and try its own sampling seed.
+* :func:`respond_with_retries` is the retry loop: generate for every row, judge, and generate
+  again for the rejected rows only, up to ``config.tries`` generations per row. A row still
+  failing returns its last non-empty candidate with ``metadata["guardrail_failed"]``; a row
+  whose every candidate was empty (or a forbidden end) raises
+  :class:`~userlm_env.errors.LLMCallError`.
+
+Importing this module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from simulators.guardrails import TurnChecks, earlier_texts
+from userlm_env.errors import LLMCallError
+from userlm_env.types import END_MARKER, ConversationState, UserTurn
+
+__all__ = [
+    "Candidate",
+    "Generate",
+    "Generation",
+    "UserLMBaseConfig",
+    "UserLMConfig",
+    "judge",
+    "respond_with_retries",
+    "row_seed",
+    "with_overrides",
+]
+
+_Config = TypeVar("_Config")
+
+
+@dataclass
+class UserLMBaseConfig:
+    """Sampling settings and guardrails shared by every User LM backend.
+
+    Sampling defaults are UserLM-8b's generation config; guardrails follow paper appendix D.1.
+    """
+
+    temperature: float = 0.6  # softmax temperature when sampling
+    top_p: float = 0.9  # nucleus sampling: smallest token set with this probability mass
+    max_new_tokens: int = 60  # longest generation per user turn, in tokens
+    do_sample: bool = True  # sample (seeded per row); False decodes greedily
+    end_marker: str = END_MARKER  # text that ends the conversation (a token in UserLM-8b)
+    ban_first_words: tuple[str, ...] = ("I", "You", "Here")  # forbidden opening words; () = off
+    allow_end: bool = True  # let the user end the conversation; False forbids the end marker
+    min_words: int | None = 3  # shortest accepted turn in words; None = no lower bound
+    max_words: int | None = 25  # longest accepted turn in words; None = no upper bound
+    reject_repeats: bool = True  # resample verbatim repeats of earlier user turns or the intent
+    max_tries: int = 8  # generations per row before returning a flagged candidate (1 if greedy)
+    logit_bias: dict[str, float] | None = None  # text -> additive bias on its tokens (test hook)
+
+    def __post_init__(self) -> None:
+        if self.max_tries < 1 or self.max_new_tokens < 1:
+            raise ValueError("max_tries and max_new_tokens must be at least 1")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
+        lo, hi = self.min_words, self.max_words
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_words ({lo}) exceeds max_words ({hi})")
+        if not self.end_marker:
+            raise ValueError("end_marker must be a non-empty string")
+
+    @property
+    def checks(self) -> TurnChecks:
+        """The text guardrails these settings switch on."""
+        return TurnChecks(self.min_words, self.max_words, self.reject_repeats, self.ban_first_words)
+
+    @property
+    def tries(self) -> int:
+        """Generations allowed per row: ``max_tries``, or 1 when greedy (it cannot vary)."""
+        return self.max_tries if self.do_sample else 1
+
+
+@dataclass
+class UserLMConfig(UserLMBaseConfig):
+    """Settings of the in-process :class:`simulators.userlm.UserLMSimulator`."""
+
+    batch_size: int = 16  # rows per generate call
+    dtype: str | None = None  # model dtype name; None = float32 on CPU, bfloat16 on GPU
+    device: str | None = None  # torch device; None = cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated user turn and the verdict of the guardrails on it."""
+
+    raw: str  # the decoded generation
+    text: str  # what the user says (the end marker when ended)
+    ended: bool  # the generation ends the conversation
+    reason: str | None  # the guardrail it breaks, or None when accepted
+    end_marker_cut: bool = False  # text followed by the end marker; the marker was dropped
+    truncated: bool = False  # generation hit max_new_tokens before its end of turn
+
+    def turn(self, tries: int, **extra: Any) -> UserTurn:
+        """The :class:`UserTurn` for this candidate after ``tries`` generations."""
+        meta = {"tries": tries, "raw": self.raw, "truncated": self.truncated, **extra}
+        if self.end_marker_cut:
+            meta["end_marker_cut"] = True
+        return UserTurn(
+            text=END_MARKER if self.ended else self.text, ended=self.ended, metadata=meta
+        )
+
+
+def judge(
+    raw: str,
+    earlier: Sequence[str],
+    config: UserLMBaseConfig,
+    *,
+    truncated: bool = False,
+) -> Candidate:
+    """Turn a raw generation into a :class:`Candidate`, applying the text guardrails.
+
+    A generation that starts with the end marker (after whitespace) ends the conversation; text
+    before a later marker is kept as an ordinary turn and the marker is dropped.
+    """
+    text, marker = raw.strip(), config.end_marker
+    head, found, _ = text.partition(marker)
+    head = head.strip()
+    if found and not head:
+        reason = None if config.allow_end else "end_forbidden"
+        return Candidate(raw, marker, True, reason, truncated=truncated)
+    reason = config.checks.reason(head, earlier)
+    return Candidate(raw, head, False, reason, end_marker_cut=bool(found), truncated=truncated)
+
+
+def row_seed(state: ConversationState, attempt: int) -> int:
+    """Seed of one row's sample: mixes the conversation's turn seed with the try index."""
+    return int(np.random.SeedSequence([state.turn_seed(), attempt]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One backend generation before the guardrails see it."""
+
+    text: str  # the decoded text (may hold or start with the end marker)
+    truncated: bool = False  # it hit the token limit before its end of turn
+
+
+#: A backend: ``(states, attempt) -> one Generation per state``, in order.
+Generate = Callable[[list[ConversationState], int], Sequence[Generation]]
+
+
+@dataclass
+class _Row:
+    """One state's progress across tries, local to a :func:`respond_with_retries` call."""
+
+    state: ConversationState
+    earlier: list[str]
+    tries: int = 0
+    last: Candidate | None = None
+    result: UserTurn | None = None
+
+    def settle(self, candidate: Candidate) -> None:
+        """Count a try; keep an accepted turn, or the candidate to fall back on."""
+        self.tries += 1
+        if candidate.reason is None:
+            self.result = candidate.turn(self.tries)
+        elif not candidate.ended and candidate.text:
+            self.last = candidate
+
+    def finish(self, source: str) -> UserTurn:
+        """The accepted turn, else the last non-empty candidate flagged with its broken rule."""
+        if self.result is not None:
+            return self.result
+        if self.last is None:
+            raise LLMCallError(
+                f"{source} produced no usable text for {self.state.intent.task_id!r} in "
+                f"{self.tries} tries (every candidate was empty or a forbidden end marker)",
+                attempts=self.tries,
+            )
+        return self.last.turn(self.tries, guardrail_failed=self.last.reason)
+
+
+def respond_with_retries(
+    states: Sequence[ConversationState],
+    generate: Generate,
+    config: UserLMBaseConfig,
+    *,
+    source: str = "the user LM",
+) -> list[UserTurn]:
+    """Next user turn of each state, regenerating rejected rows only (see module docstring).
+
+    Args:
+        states: The conversations, each ending with an assistant message or empty.
+        generate: The backend; it is called once per try with the rows still pending.
+        config: Guardrails (through :func:`judge`) and ``tries``.
+        source: Who generates, for the error message.
+    """
+    rows = [_Row(state, earlier_texts(state)) for state in states]
+    for attempt in range(config.tries):
+        pending = [row for row in rows if row.result is None]
+        if not pending:
+            break
+        generations = generate([row.state for row in pending], attempt)
+        for row, gen in zip(pending, generations, strict=True):
+            row.settle(judge(gen.text, row.earlier, config, truncated=gen.truncated))
+    return [row.finish(source) for row in rows]
+
+
+def with_overrides(config: _Config, overrides: Mapping[str, Any]) -> _Config:
+    """A copy of the dataclass ``config`` with ``overrides``; unknown names raise ``TypeError``."""
+    known = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown {type(config).__name__} fields {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(config, **overrides)  # type: ignore[type-var]

@@ -1,0 +1,151 @@
+"""Reports: Table 3 columns with hand-checked values, figures, and the HTML page rendered in
+headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from assistants.scripted import OracleAssistant
+from experiments.report import collect_runs, group_simulations, main, merge_rows, run_intents
+from experiments.report_figures import coverage_curve, write_figures
+from experiments.report_page import write_page
+from simulators.sharded import ShardedSimulator
+from userlm_env.core import ConversationCore
+from userlm_env.rollout import JsonlWriter, make_jobs, run_episodes
+from userlm_env.types import Intent, Shard
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def toy_intents() -> list[Intent]:
+    """Two math intents (written for this test); ``pens`` has its optional shard in the middle."""
+    apples = Intent(
+        "gsm8k",
+        "toy/apples",
+        "Sam has 12 apples and buys 7 more, then gives 4 away. How many are left?",
+        (
+            Shard(1, "How many apples does Sam have left?"),
+            Shard(2, "Sam starts with 12 apples."),
+            Shard(3, "He buys 7 more apples."),
+            Shard(4, "He gives 4 apples away."),
+            Shard(5, "Answer with a whole number.", required=False),
+        ),
+        {"answer": "15"},
+    )
+    pens = Intent(
+        "gsm8k",
+        "toy/pens",
+        "Ana buys 3 boxes of 6 pens and loses 2. How many pens does she have?",
+        (
+            Shard(1, "How many pens does Ana have?"),
+            Shard(2, "Pens are handy for taking notes.", required=False),
+            Shard(3, "Ana buys 3 boxes with 6 pens each."),
+            Shard(4, "She loses 2 pens."),
+        ),
+        {"answer": "16"},
+    )
+    return [apples, pens]
+
+
+def make_run(root: Path, name: str, required_first: bool) -> Path:
+    """A run folder like ``experiments.simulate`` writes (results, run info, Hydra config)."""
+    run = root / f"simulator={name}"
+    (run / ".hydra").mkdir(parents=True)
+    core = ConversationCore(ShardedSimulator(required_first=required_first), max_turns=8)
+    jobs = make_jobs(toy_intents(), n_per_intent=2)
+    run_episodes(jobs, core, OracleAssistant(), on_done=JsonlWriter(run / "results.jsonl"))
+    info = {"simulator": name, "task": "toy", "assistant": "oracle"}
+    (run / "run_info.json").write_text(json.dumps(info))
+    (run / ".hydra" / "config.yaml").write_text(
+        "task:\n  _target_: tests.test_report.toy_intents\n"
+    )
+    return run
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    make_run(root, "sharded", required_first=True)
+    make_run(root, "sharded_required_last", required_first=False)
+    return root
+
+
+def intents_of(root: Path) -> list[dict[str, Intent]]:
+    return [run_intents(p.parent) for p in sorted(root.rglob("results.jsonl"))]
+
+
+def test_rows_carry_table3_metrics_and_flags(sweep: Path) -> None:
+    rows = merge_rows(collect_runs(sweep), intents_of(sweep))
+    first, last = rows
+    # required first: apples 1,2,3,4 (coverage .8), pens 1,3,4 (.75); optional shards skipped
+    assert (first["simulator"], first["task"], first["episodes"]) == ("sharded", "toy", 4)
+    assert first["intent_coverage"] == "77.5" and first["skip_non_required"] == "100.0"
+    assert first["turn_range"] == "3.5-3.5" and first["turn_variance"] == "0.00"
+    assert first["unigram_difference"] == "0.00" and first["assistant_score"] == 1.0
+    # in id order: apples 1,2,3,4 (.8), pens 1,2,3,4 (1.0) and pens' optional shard is said
+    assert last["intent_coverage"] == "90.0" and last["skip_non_required"] == "50.0"
+    assert last["turn_range"] == "4.0-4.0"
+    for row in rows:
+        assert row["role_break"] == row["drift"] == row["premature_end"] == "0.0"
+        assert row["repeat_required"] == row["add_demands"] == "0.0"
+    plain = merge_rows(collect_runs(sweep))  # without intents: the score columns only
+    assert "intent_coverage" not in plain[0] and plain[0]["episodes"] == 4
+
+
+def test_coverage_curve_by_hand(sweep: Path) -> None:
+    groups = group_simulations(collect_runs(sweep), intents_of(sweep))
+    views = [s.view for s in groups[("sharded", "toy")]]
+    # apples: .2 .4 .6 .8 (x2); pens: .25 .5 .75 .75 (x2)
+    assert coverage_curve(views, 4) == pytest.approx([0.225, 0.45, 0.675, 0.775])
+
+
+def render(page: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    if not CHROMIUM.exists():
+        pytest.fail("headless Chromium is needed at /usr/bin/chromium (apt-get install chromium)")
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update", "--no-first-run",
+        "--disable-sync", "--enable-logging=stderr", "--v=0",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", *flags, page.as_uri(),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_html_page_renders_in_headless_chromium(sweep: Path, tmp_path: Path) -> None:
+    runs, intents = collect_runs(sweep), intents_of(sweep)
+    groups = group_simulations(runs, intents)
+    figures = write_figures(groups, tmp_path / "figures")
+    assert [p.name for p in figures] == ["turns.png", "coverage.png", "unigram_difference.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
+    page = write_page(merge_rows(runs, intents), groups, figures, tmp_path / "report.html")
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<link" not in text
+    dom = render(page, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-ok="yes"' in dom.stdout and 'data-simulations="8"' in dom.stdout
+    assert "toy/apples" in dom.stdout and "toy/pens" in dom.stdout
+    assert "Sam starts with 12 apples." in dom.stdout and "sharded_required_last" in dom.stdout
+    assert "Uncaught" not in dom.stderr
+    shot = tmp_path / "page.png"
+    screenshot = render(page, tmp_path, "--window-size=1280,1600", f"--screenshot={shot}")
+    assert screenshot.returncode == 0 and shot.stat().st_size > 20_000
+
+
+def test_cli_writes_tables_figures_and_page(sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report" / "report"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    assert "unigram_difference" in capsys.readouterr().out
+    for suffix in (".md", ".csv", ".html"):
+        assert out.with_suffix(suffix).exists()
+    assert len(list((tmp_path / "report" / "report_figures").glob("*.png"))) == 3
+    assert "%" not in out.with_suffix(".csv").read_text().splitlines()[0]
+    assert main([str(sweep), "--no-intents", "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain.html").exists()
+    shutil.rmtree(sweep / "simulator=sharded" / ".hydra")
+    with pytest.raises(FileNotFoundError, match="--no-intents"):
+        main([str(sweep), "--out", str(tmp_path / "again")])
