@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs everything, then runs the main job: a small offline simulation sweep with a results table.
+# Installs everything, then runs the main job: a small offline simulation sweep (the embedded
+# SmolLM2 as UserLM-style user vs the rule-based sharded user, the embedded SmolLM2 as assistant,
+# 2 GSM-Symbolic + 2 HumanEval intents) and prints the merged results table.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash install.sh
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" LITELLM_LOCAL_MODEL_COST_MAP=True
-exec .venv/bin/python -m experiments.simulate "$@"
+sweep_dir="runs/demo-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/python -m experiments.simulate -m simulator=userlm_embedded,sharded \
+  hydra.sweep.dir="$sweep_dir" "$@"
+.venv/bin/python -m experiments.report "$sweep_dir"

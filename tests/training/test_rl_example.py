@@ -9,14 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from experiments.rl_example import (
-    RLConfig,
-    policy_loss,
-    reply_logprobs,
-    reply_mask,
-    returns_to_go,
-    train,
-)
+from experiments.rl_example import RLConfig, train
+from userlm_env.training.rl import policy_loss, reply_logprobs, reply_mask, returns_to_go
 
 STOP = 2
 
