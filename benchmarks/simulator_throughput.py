@@ -16,10 +16,12 @@ with the same fixed clarifying question (no number in it, so nothing is ever sol
   temperature, top-p, ``max_new_tokens``, stop tokens, first-word ban and end-marker ban.
 * ``vector``: :class:`userlm_env.vector.ConversationVectorEnv` of 16 envs: ``reset`` + 3 steps.
 * ``sequential``: 16 :class:`userlm_env.ConversationEnv` (sharing the one simulator object of
-  ``vector``) stepped one after another: each ``reset`` + 3 steps.
+  ``vector``) stepped one after another: each ``reset`` + 3 steps. It samples exactly the
+  turns ``vector`` samples (per-row seeds), one row per ``generate``.
 * ``server``: the vector env with :class:`simulators.userlm_server.UserLMServerSimulator`
-  against a llama.cpp server that this script starts on 127.0.0.1 (the launcher of
-  :mod:`tests.server_fixtures`, which works around a llama.cpp segfault); the model is the same
+  against a llama.cpp server that this script starts on 127.0.0.1 with
+  :func:`tests.server_fixtures.serve_embedded` (the tests' launcher, which works around a
+  llama.cpp segfault and makes llama.cpp's threads wait passively); the model is the same
   GGUF file, served with 4-bit weights, so this figure compares back-ends, not like with like.
 
 Same work in every variant: the *resampling* guardrails are off (``min_words`` /
@@ -31,13 +33,20 @@ on in ``raw``, ``vector`` and ``sequential``; the server cannot ban a first word
 one try it just flags such turns. Model loading, the server start and one warm-up call per
 path are outside the clock.
 
-The machine is shared and its load varies, so ``raw``, ``vector`` and ``sequential`` run in
-alternation for ``--rounds`` rounds (default 2) and each reports its median; ``server`` runs
-once, last. The user turns' total length in tokens is printed with each run: ``vector`` and
-``sequential`` sample the same turns (per-row seeds), ``raw`` and ``server`` sample their own,
-so their lengths differ a little.
+The machine is shared and its load varies, so the variants run in alternation for
+``--rounds`` rounds (default 2): each round runs ``raw`` and ``vector`` whole (their medians
+count) and ``sequential`` on every ``rounds``-th conversation (it is 3-4x slower; its rate is
+all 64 turns over its summed time); ``server`` runs once, last. ``OMP_WAIT_POLICY=PASSIVE`` is
+set (unless given) before torch starts: with spinning OpenMP threads, forward passes on this busy
+2-core machine were 2-20x slower and erratic. Each run prints the user turns' total length in
+tokens: ``vector`` and ``sequential`` sample the same turns (per-row seeds); ``raw`` and
+``server`` sample their own, so their lengths differ a little.
 
-Run: ``python benchmarks/simulator_throughput.py [--rounds 2] [--max-new-tokens 24]``. The last
+Most generations reach ``--max-new-tokens`` (default 16, so the run stays near 6 minutes on 2
+cores). Batching speeds up decoding but not the prompt pass, which costs the same FLOPs one row
+at a time, so the vector env's lead over sequential grows with longer turns and lighter load.
+
+Run: ``python benchmarks/simulator_throughput.py [--rounds 2] [--max-new-tokens 16]``. The last
 line printed is a JSON object with each variant's turns/s, ``vector_vs_sequential`` (vector /
 sequential, target >= 3.0) and ``vector_vs_raw`` (vector / raw, target >= 0.85).
 """
@@ -48,13 +57,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +181,10 @@ def run_vector(setup: Setup, simulator: Any = None) -> int:
     return tokens
 
 
-def run_sequential(setup: Setup) -> int:
-    """16 single envs, one after another: reset + 3 steps each; returns user-turn tokens."""
+def run_sequential(setup: Setup, conversations: Sequence[int]) -> int:
+    """Single envs, one after another: reset + 3 steps each; returns user-turn tokens."""
     tokens = 0
-    for i in range(CONVERSATIONS):
+    for i in conversations:
         env = ConversationEnv(setup.simulator, intents=setup.intents)
         observation, _ = env.reset(seed=SEED + i)
         tokens += turn_tokens(setup, [observation])
@@ -212,47 +219,39 @@ def timed(run: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - start, size
 
 
-def alternate(variants: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
-    """Run the variants in turn for ``rounds`` rounds; median turns/s of each."""
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    turns = CONVERSATIONS * USER_TURNS
-    for round_index in range(rounds):
-        for name, run in variants.items():
-            seconds, size = timed(run)
-            rates[name].append(turns / seconds)
-            report(round_index + 1, name, seconds, size)
-    return {name: statistics.median(values) for name, values in rates.items()}
+def alternate(setup: Setup, rounds: int) -> dict[str, float]:
+    """Turns/s of raw, vector and sequential, run in turn for ``rounds`` rounds.
+
+    ``raw`` and ``vector`` run the whole workload every round (their median counts);
+    ``sequential``, by far the slowest, runs every ``rounds``-th conversation per round, so its
+    rate is the whole workload's turns over the summed time.
+    """
+    seconds: dict[str, list[float]] = {"raw": [], "vector": [], "sequential": []}
+    for index in range(rounds):
+        share = range(index, CONVERSATIONS, rounds)
+        runs: dict[str, Callable[[], int]] = {
+            "raw": partial(run_raw, setup),
+            "vector": partial(run_vector, setup),
+            "sequential": partial(run_sequential, setup, share),
+        }
+        for name, run in runs.items():
+            took, size = timed(run)
+            seconds[name].append(took)
+            turns = len(share) * USER_TURNS if name == "sequential" else None
+            report(index + 1, name, took, size, turns)
+    total = CONVERSATIONS * USER_TURNS
+    rates = {
+        name: statistics.median(total / t for t in seconds[name]) for name in ("raw", "vector")
+    }
+    return {**rates, "sequential": total / sum(seconds["sequential"])}
 
 
 # --- the llama.cpp server -----------------------------------------------------------------------
 
 
-@contextmanager
-def llama_server() -> Iterator[server_fixtures.LlamaServer]:
-    """Serve the embedded GGUF with llama.cpp on a free loopback port (the tests' launcher)."""
-    fx = server_fixtures
-    gguf, port = fx.embedded_gguf(), fx._free_port()
-    api_base = f"http://127.0.0.1:{port}/v1"
-    with tempfile.TemporaryDirectory(prefix="bench-llama-") as folder:
-        log = Path(folder) / "server.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                fx._server_command(gguf, port),
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=fx._server_env(),
-            )
-        try:
-            fx._wait_until_ready(process, api_base, log)
-            fx._warm_up(api_base, log)
-            yield fx.LlamaServer(api_base=api_base, log_path=log)
-        finally:
-            fx._stop(process)
-
-
 def run_server(setup: Setup) -> float:
     """Turns/s of the vector env with the server simulator (one warm-up, one timed run)."""
-    with llama_server() as server:
+    with server_fixtures.serve_embedded() as server:
         simulator = UserLMServerSimulator(
             server.model,
             setup.loaded.tokenizer,
@@ -268,12 +267,14 @@ def run_server(setup: Setup) -> float:
     return CONVERSATIONS * USER_TURNS / seconds
 
 
-def report(round_number: int, name: str, seconds: float, tokens: int) -> None:
+def report(
+    round_number: int, name: str, seconds: float, tokens: int, turns: int | None = None
+) -> None:
     """One line per timed run."""
-    rate = CONVERSATIONS * USER_TURNS / seconds
+    turns = turns or CONVERSATIONS * USER_TURNS
     print(
-        f"round {round_number} {name:>10}: {seconds:6.1f} s, {rate:5.2f} turns/s "
-        f"({tokens} user-turn tokens)",
+        f"round {round_number} {name:>10}: {turns} turns in {seconds:6.1f} s, "
+        f"{turns / seconds:5.2f} turns/s ({tokens} user-turn tokens)",
         flush=True,
     )
 
@@ -310,18 +311,13 @@ def check_same_intents(setup: Setup) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternations of raw/vector/seq")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens per user turn")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per user turn")
     parser.add_argument("--no-server", action="store_true", help="skip the llama.cpp variant")
     args = parser.parse_args()
     setup = build_setup(args.max_new_tokens)
     check_same_intents(setup)
     print(f"torch threads: {torch.get_num_threads()}, max_new_tokens: {args.max_new_tokens}")
-    variants = {
-        "raw": lambda: run_raw(setup),
-        "vector": lambda: run_vector(setup),
-        "sequential": lambda: run_sequential(setup),
-    }
-    rates = alternate(variants, args.rounds)
+    rates = alternate(setup, args.rounds)
     result = {f"{name}_turns_per_s": round(rate, 3) for name, rate in rates.items()}
     if not args.no_server:
         result["server_turns_per_s"] = round(run_server(setup), 3)

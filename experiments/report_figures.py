@@ -47,7 +47,8 @@ def coverage_curve(views: Sequence[EpisodeView], turns: int) -> list[float]:
 
 
 def _name(key: tuple[str, str]) -> str:
-    return f"{key[0]}\n{key[1]}"
+    """An axis label: simulator, assistant (when swept) and task on separate lines."""
+    return "\n".join([*key[0].split(" / "), key[1]])
 
 
 def _turns(groups: Groups, path: Path) -> Path:

@@ -80,12 +80,20 @@ class SeededSampler:
     Applies temperature and top-p to the processed scores, draws a token for row ``i`` with a
     ``torch.Generator`` seeded by ``seeds[i]``, and returns scores that are -inf everywhere but
     the drawn token, so greedy decoding in ``generate`` emits exactly that token.
+
+    The nucleus is found among the ``candidates`` most likely tokens (widened until it fits)
+    instead of by sorting the whole vocabulary, and each row draws one uniform number that
+    picks its token from the cumulative nucleus mass; a full sort and a multinomial draw over
+    the vocabulary per row cost about a tenth of a batched CPU generation.
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+    def __init__(
+        self, seeds: Sequence[int], temperature: float, top_p: float, candidates: int = 64
+    ) -> None:
         self.seeds = list(seeds)
         self.temperature = temperature
         self.top_p = top_p
+        self.candidates = candidates
         self._generators: list[torch.Generator] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -93,18 +101,27 @@ class SeededSampler:
             self._generators = [
                 torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds
             ]
-        probs = self._nucleus(torch.softmax(scores.float() / self.temperature, dim=-1))
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        kept, tokens = self._nucleus(probs)
+        cumulative = kept.cumsum(dim=-1)
+        draws = torch.cat([torch.rand(1, generator=g, device=g.device) for g in self._generators])
+        targets = (draws * cumulative[:, -1]).unsqueeze(-1)
+        picks = torch.searchsorted(cumulative, targets, right=True).clamp_(max=kept.shape[-1] - 1)
         chosen = torch.full_like(scores, float("-inf"))
-        for row, generator in enumerate(self._generators):
-            token = torch.multinomial(probs[row], 1, generator=generator)
-            chosen[row, token] = 0.0
-        return chosen
+        return chosen.scatter_(-1, tokens.gather(-1, picks), 0.0)
 
-    def _nucleus(self, probs: torch.Tensor) -> torch.Tensor:
-        ordered, order = probs.sort(dim=-1, descending=True)
-        outside = ordered.cumsum(dim=-1) - ordered > self.top_p  # mass before token exceeds p
-        ordered = ordered.masked_fill(outside, 0.0)
-        return torch.zeros_like(probs).scatter(-1, order, ordered)
+    def _nucleus(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probabilities, token ids)`` of each row's nucleus, most likely first, 0 outside."""
+        vocab = probs.shape[-1]
+        if self.top_p >= 1.0:
+            return probs, torch.arange(vocab, device=probs.device).expand_as(probs)
+        size = min(self.candidates, vocab)
+        while True:
+            top, tokens = probs.topk(size, dim=-1)
+            outside = top.cumsum(dim=-1) - top > self.top_p  # mass before token exceeds p
+            if size == vocab or bool(outside[:, -1].all()):  # every nucleus ends in the top
+                return top.masked_fill(outside, 0.0), tokens
+            size = min(size * 8, vocab)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -178,9 +179,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT_S)
 
 
-@pytest.fixture(scope="session")
-def llama_server() -> Iterator[LlamaServer]:
-    """Serve the embedded SmolLM2 GGUF with llama.cpp for the whole test session."""
+@contextmanager
+def serve_embedded() -> Iterator[LlamaServer]:
+    """Serve the embedded SmolLM2 GGUF with llama.cpp on a free loopback port until exit.
+
+    Used by the ``llama_server`` fixture and by the benchmarks.
+    """
     _require_llama_cpp()
     gguf, port = embedded_gguf(), _free_port()
     api_base = f"http://127.0.0.1:{port}/v1"
@@ -195,6 +199,13 @@ def llama_server() -> Iterator[LlamaServer]:
             yield LlamaServer(api_base=api_base, log_path=log)
         finally:
             _stop(process)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LlamaServer]:
+    """Serve the embedded SmolLM2 GGUF with llama.cpp for the whole test session."""
+    with serve_embedded() as server:
+        yield server
 
 
 @pytest.fixture

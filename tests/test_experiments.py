@@ -69,6 +69,7 @@ def test_two_by_two_offline_multirun_merges_into_four_rows(tmp_path: Path) -> No
         "hydra/launcher=joblib",
         "simulator=sharded,sharded_required_last",
         "task=gsm_symbolic,humaneval",
+        "assistant=oracle",
         "max_intents_per_task=2",
         "n_per_intent=1",
         f"hydra.sweep.dir={tmp_path}",

@@ -107,6 +107,7 @@ def test_add_demands_ignore_what_the_assistant_just_said(apples_intent: Intent) 
         ("How many apples are left?", False),
         ("Sure, here is the solution you asked for.", True),
         ("As an AI language model I cannot shop.", True),
+        ("Hi there! I'm an AI assistant.", True),
         ("def left(a):\n    return a - 4", True),
         ("```python\nprint(12 + 7 - 4)\n```", True),
         ("I already know it is 15, just checking", True),  # the reference answer

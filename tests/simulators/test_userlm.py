@@ -187,6 +187,21 @@ def test_seeded_sampler_is_reproducible_per_row_and_respects_top_p() -> None:
     assert (torch.isfinite(chosen).sum(dim=-1) == 1).all()
 
 
+def test_seeded_sampler_draws_from_the_renormalized_nucleus() -> None:
+    probs = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
+    rows = 4000
+    scores = probs.log().repeat(rows, 1)
+    # top_p 0.8 keeps 0.4, 0.3 and 0.15 (0.7 precede the last); two candidates must widen
+    sampler = SeededSampler(range(rows), temperature=1.0, top_p=0.8, candidates=2)
+    picks = sampler(torch.zeros(rows, 1, dtype=torch.long), scores).argmax(dim=-1)
+    share = torch.bincount(picks, minlength=5).float() / rows
+    expected = torch.tensor([0.0, 0.4, 0.0, 0.3, 0.15]) / 0.85
+    assert torch.allclose(share, expected, atol=0.03), share
+    everything = SeededSampler(range(rows), temperature=1.0, top_p=1.0)
+    full = everything(torch.zeros(rows, 1, dtype=torch.long), scores).argmax(dim=-1)
+    assert torch.allclose(torch.bincount(full, minlength=5).float() / rows, probs, atol=0.03)
+
+
 # --- verdict on raw generations ---------------------------------------------------------------
 
 

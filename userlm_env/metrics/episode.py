@@ -306,6 +306,7 @@ ASSISTANT_PHRASES: tuple[str, ...] = (
     r"\bsure,? here(?:'s| is| are)\b",
     r"\bhere(?:'s| is) (?:the|a|an|your) (?:code|solution|implementation|function|answer)\b",
     r"\bas an ai\b",
+    r"\bi(?:'m| am) an ai\b",
     r"\bi(?:'d| would) be (?:happy|glad) to help\b",
     r"\bi hope this helps\b",
     r"\blet me know if you (?:have|need)\b",
