@@ -35,16 +35,20 @@ path are outside the clock.
 
 The machine is shared and its load varies, so the variants run in alternation for
 ``--rounds`` rounds (default 2): each round runs ``raw`` and ``vector`` whole (their medians
-count) and ``sequential`` on every ``rounds``-th conversation (it is 3-4x slower; its rate is
+count) and ``sequential`` on every ``rounds``-th conversation (it is the slowest; its rate is
 all 64 turns over its summed time); ``server`` runs once, last. ``OMP_WAIT_POLICY=PASSIVE`` is
 set (unless given) before torch starts: with spinning OpenMP threads, forward passes on this busy
 2-core machine were 2-20x slower and erratic. Each run prints the user turns' total length in
 tokens: ``vector`` and ``sequential`` sample the same turns (per-row seeds); ``raw`` and
 ``server`` sample their own, so their lengths differ a little.
 
-Most generations reach ``--max-new-tokens`` (default 16, so the run stays near 6 minutes on 2
-cores). Batching speeds up decoding but not the prompt pass, which costs the same FLOPs one row
-at a time, so the vector env's lead over sequential grows with longer turns and lighter load.
+Most generations reach ``--max-new-tokens`` (default 16; the run takes 6-8 minutes on 2 busy
+cores). Where the time goes (cProfile, vector variant): the prompt pass is about 60% of it, and
+batching does not speed that up (it is compute-bound, and left padding adds 15-35% more
+tokens), while it makes decoding several times cheaper per token. So the vector env's lead over
+sequential grows with longer turns and shrinks when other processes load the cores. Profiling
+also found the simulator's seeded sampler spending ~10% of the batched time on a full-vocabulary
+sort and per-row multinomial draws; it now works on the top candidates only.
 
 Run: ``python benchmarks/simulator_throughput.py [--rounds 2] [--max-new-tokens 16]``. The last
 line printed is a JSON object with each variant's turns/s, ``vector_vs_sequential`` (vector /

@@ -43,7 +43,7 @@ __all__ = [
     "with_overrides",
 ]
 
-_Config = TypeVar("_Config")
+_Config = TypeVar("_Config", bound="UserLMBaseConfig")
 
 
 @dataclass
@@ -220,9 +220,9 @@ def respond_with_retries(
 
 
 def with_overrides(config: _Config, overrides: Mapping[str, Any]) -> _Config:
-    """A copy of the dataclass ``config`` with ``overrides``; unknown names raise ``TypeError``."""
-    known = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    """A copy of ``config`` with ``overrides``; unknown field names raise ``TypeError``."""
+    known = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown {type(config).__name__} fields {unknown}; known: {sorted(known)}")
-    return dataclasses.replace(config, **overrides)  # type: ignore[type-var]
+    return dataclasses.replace(config, **overrides)
