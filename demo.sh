@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash install.sh
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" LITELLM_LOCAL_MODEL_COST_MAP=True
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" LITELLM_LOCAL_MODEL_COST_MAP=True
 sweep_dir="runs/demo-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/python -m experiments.simulate -m simulator=userlm_embedded,sharded \
   hydra.sweep.dir="$sweep_dir" "$@"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# Torch threads sleep instead of spinning when idle: with a llama.cpp server and sandbox
+# workers beside it, spinning OpenMP threads made forward passes 2-20x slower on 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

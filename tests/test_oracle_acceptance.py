@@ -1,4 +1,4 @@
-"""Acceptance: the oracle solves every intent through ``env.step``; wrong replies never earn reward."""
+"""Acceptance: the oracle solves every intent via ``env.step``; wrong replies never earn reward."""
 
 from __future__ import annotations
 

@@ -87,7 +87,9 @@ def test_disabled_autoreset_refuses_to_step_an_ended_episode(apples_intent: Inte
 
 def test_next_step_mode_is_refused(apples_intent: Intent) -> None:
     with pytest.raises(ValueError, match="drop a reply"):
-        ConversationVectorEnv(1, simulator="sharded", intents=[apples_intent], autoreset_mode="NextStep")
+        ConversationVectorEnv(
+            1, simulator="sharded", intents=[apples_intent], autoreset_mode="NextStep"
+        )
 
 
 def test_per_env_seeds_reproduce_intents() -> None:
