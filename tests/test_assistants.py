@@ -1,0 +1,91 @@
+"""Assistants and reply labels: heuristic and LLM-judge labels, per-row API failures, HF replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from assistants.litellm import LiteLLMAssistant, conversation_for_assistant
+from tests.fault_server import bad_request, running_fault_server
+from userlm_env import ConversationEnv
+from userlm_env.errors import LLMCallError
+from userlm_env.labels import LABELS, HeuristicLabeler, LLMJudgeLabeler, heuristic_label
+from userlm_env.llm import LLMClient, LLMConfig
+from userlm_env.types import ConversationState, Intent, Score
+
+NO = Score(attempted=False, solved=False, reward=0.0)
+YES = Score(attempted=True, solved=False, reward=0.0)
+
+
+@pytest.mark.parametrize(
+    ("reply", "score", "label"),
+    [
+        ("The answer is 17.", YES, "answer_attempt"),
+        ("How many apples did Sam start with?", NO, "clarification"),
+        ("Could you share the edge cases\nyou care about", NO, "clarification"),
+        ("Let us first add the apples he bought, then subtract.", NO, "discussion"),
+        ("", NO, "other"),
+        ("ok", NO, "other"),
+    ],
+)
+def test_heuristic_labels(reply: str, score: Score, label: str) -> None:
+    assert heuristic_label(reply, score) == label
+
+
+def test_labels_reach_step_info(apples_intent: Intent) -> None:
+    env = ConversationEnv(simulator="sharded", intents=[apples_intent])
+    _, info = env.reset(seed=0)
+    assert info["reply_label"] is None
+    assert env.step("Which numbers are involved?")[4]["reply_label"] == "clarification"
+    assert env.step("The answer is 99.")[4]["reply_label"] == "answer_attempt"
+
+
+def test_assistant_never_sees_the_intent(apples_intent: Intent) -> None:
+    state = ConversationState(intent=apples_intent, seed=0)
+    state.messages.append({"role": "user", "content": "hi"})
+    messages = conversation_for_assistant(state, "be brief")
+    assert messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+    assert all(apples_intent.instruction not in m["content"] for m in messages)
+
+
+def test_a_failed_row_fails_alone(apples_intent: Intent) -> None:
+    states = [ConversationState(intent=apples_intent, seed=s) for s in range(3)]
+    for state in states:
+        state.messages.append({"role": "user", "content": "how many apples are left?"})
+    with running_fault_server() as server:
+        server.push([bad_request()])  # a 400 is never retried: exactly one row fails
+        assistant = LiteLLMAssistant(
+            "openai/local", api_base=server.api_base, api_key="k", concurrency=1
+        )
+        replies = assistant.respond(states)
+    failed = [r for r in replies if isinstance(r, LLMCallError)]
+    assert len(failed) == 1 and sum(isinstance(r, str) and bool(r) for r in replies) == 2
+    assert len(assistant.last_costs) == 3
+
+
+@pytest.mark.server
+def test_llm_judge_labels_come_from_the_label_set(llama_server) -> None:
+    client = LLMClient(
+        LLMConfig(model=llama_server.model, api_base=llama_server.api_base, api_key="k",
+                  max_tokens=8)
+    )  # fmt: skip
+    labels = LLMJudgeLabeler(client).label_many(
+        ["The answer is 4.", "What do you mean?"], [YES, NO]
+    )
+    assert len(labels) == 2 and set(labels) <= set(LABELS)
+    assert HeuristicLabeler().label_many(["x"], [NO]) == ["other"]
+
+
+@pytest.mark.slow
+def test_hf_assistant_replies_in_a_batch(apples_intent: Intent) -> None:
+    from assistants.hf import HFAssistant
+
+    assistant = HFAssistant(max_new_tokens=12)
+    states = [ConversationState(intent=apples_intent, seed=s) for s in range(2)]
+    states[0].messages.append({"role": "user", "content": "What is 2 + 2?"})
+    states[1].messages.append({"role": "user", "content": "Write a haiku about cats."})
+    replies = assistant.respond(states)
+    assert len(replies) == 2 and all(isinstance(r, str) and r.strip() for r in replies)
+    assert assistant.respond(states) == replies  # greedy by default: deterministic
