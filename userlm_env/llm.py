@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from userlm_env.errors import LLMCallError
 from userlm_env.types import Message
@@ -45,7 +45,7 @@ from userlm_env.types import Message
 # Must be set before LiteLLM is first imported, or it fetches its price map from the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-__all__ = ["LLMClient", "LLMConfig", "LLMResult", "LLMStats"]
+__all__ = ["ChatClient", "LLMClient", "LLMConfig", "LLMResult", "LLMStats"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -55,6 +55,29 @@ CallKind = Literal["chat", "text"]
 _RETRY_STATUSES = frozenset({408, 409, 425, 429})
 #: Providers that LiteLLM serves through the OpenAI SDK, which accept our sized client.
 _OPENAI_SDK_PROVIDERS = frozenset({"openai", "text-completion-openai"})
+
+
+class _ModelConfig(Protocol):
+    model: str
+
+
+class _Result(Protocol):
+    text: str
+
+
+class ChatClient(Protocol):
+    """What judges and sharders need from an LLM client; :class:`LLMClient` fits, and so does a
+    scripted stand-in in tests."""
+
+    config: _ModelConfig
+
+    def chat_many(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        seeds: Sequence[int | None] | None = None,
+        **params: Any,
+    ) -> Sequence[_Result]: ...
 
 
 @dataclass

@@ -21,9 +21,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from userlm_env.errors import DataError
+from userlm_env.llm import ChatClient
 from userlm_env.types import Message, Shard
 
 __all__ = [
@@ -82,28 +83,6 @@ _TASK_HINTS = {
     "code": "This is a Python coding task. Examples of inputs with their outputs are not "
     "required; requirements and edge cases are.",
 }
-
-
-class _ModelConfig(Protocol):
-    model: str
-
-
-class _Result(Protocol):
-    text: str
-
-
-class ChatClient(Protocol):
-    """What the sharder needs from an LLM client (:class:`userlm_env.llm.LLMClient` fits)."""
-
-    config: _ModelConfig
-
-    def chat_many(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        seeds: Sequence[int | None] | None = None,
-        **params: Any,
-    ) -> Sequence[_Result]: ...
 
 
 # --------------------------------------------------------------------------- validation

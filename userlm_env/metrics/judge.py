@@ -17,37 +17,16 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from userlm_env.errors import DataError
+from userlm_env.llm import ChatClient
 from userlm_env.types import Message
 
 __all__ = ["ChatClient", "JsonDiskCache", "ask_json", "cache_key", "parse_json_object"]
 
 T = TypeVar("T")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-class _ModelConfig(Protocol):
-    model: str
-
-
-class _Result(Protocol):
-    text: str
-
-
-class ChatClient(Protocol):
-    """What a judge needs from an LLM client (:class:`userlm_env.llm.LLMClient` fits)."""
-
-    config: _ModelConfig
-
-    def chat_many(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        seeds: Sequence[int | None] | None = None,
-        **params: Any,
-    ) -> Sequence[_Result]: ...
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
@@ -145,7 +124,7 @@ def ask_json(
 
 def _settle(
     pending: list[int],
-    replies: Sequence[_Result],
+    replies: Sequence[Any],
     conversations: list[list[Message]],
     validate: Callable[[int, dict[str, Any]], T],
     results: dict[int, T],
