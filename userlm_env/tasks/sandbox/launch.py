@@ -166,13 +166,17 @@ def _bwrap_args(config: SandboxConfig, python: str, env: dict[str, str]) -> list
     for key, value in env.items():
         args += ["--setenv", key, value]
     args += _mkdirs("/etc/x", made) + _system_binds()
+    # The private /tmp comes first: an interpreter or venv that lives under the host's /tmp (a
+    # CI checkout, say) is then bound on top of it instead of being hidden by it.
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
+    args += ["--size", str(config.tmpfs_mb << 20), "--tmpfs", "/tmp"]
+    made.add("/tmp")
     for path in _python_paths(python):
         args += [*_mkdirs(path, made), "--ro-bind", path, path]
     for path in _hidden_dirs(config.hidden_packages):
         args += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
     args += [*_mkdirs(_LIB_MOUNT, made), "--ro-bind", str(_LIB_DIR), _LIB_MOUNT]
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
-    args += ["--size", str(config.tmpfs_mb << 20), "--tmpfs", "/tmp", "--remount-ro", "/"]
+    args += ["--remount-ro", "/"]
     return [*args, "--chdir", "/tmp", "--"]
 
 

@@ -76,9 +76,25 @@ def _processes_of(uid: int) -> set[int]:
     return found
 
 
+def _mount_points() -> list[str]:
+    """Mount points of this process (``/proc/self/mounts``, octal escapes decoded)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as handle:
+            fields = [line.split()[1] for line in handle if line.strip()]
+    except OSError:
+        return []
+    return [f.encode().decode("unicode_escape") for f in fields]
+
+
 def empty_folder(folder: str) -> None:
+    """Remove everything in ``folder`` except entries holding a mount point (the read-only
+    interpreter binds that sit under /tmp when the host's Python lives there; their skeleton
+    folders are root-owned and not writable by programs)."""
+    mounts = _mount_points()
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
+        if any(m == path or m.startswith(path + "/") for m in mounts):
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, onerror=_force_remove)
         else:
