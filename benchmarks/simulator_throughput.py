@@ -34,7 +34,7 @@ one try it just flags such turns. Model loading, the server start and one warm-u
 path are outside the clock.
 
 The machine is shared and its load varies, so the variants run in alternation for
-``--rounds`` rounds (default 2): each round runs ``raw`` and ``vector`` whole (their medians
+``--rounds`` rounds (default 1): each round runs ``raw`` and ``vector`` whole (their medians
 count) and ``sequential`` on every ``rounds``-th conversation (it is the slowest; its rate is
 all 64 turns over its summed time); ``server`` runs once, last. ``OMP_WAIT_POLICY=PASSIVE`` is
 set (unless given) before torch starts: with spinning OpenMP threads, forward passes on this busy
@@ -42,15 +42,17 @@ set (unless given) before torch starts: with spinning OpenMP threads, forward pa
 tokens: ``vector`` and ``sequential`` sample the same turns (per-row seeds); ``raw`` and
 ``server`` sample their own, so their lengths differ a little.
 
-Most generations reach ``--max-new-tokens`` (default 16; the run takes 6-8 minutes on 2 busy
-cores). Where the time goes (cProfile, vector variant): the prompt pass is about 60% of it, and
+Most generations reach ``--max-new-tokens`` (default 40, the ``userlm_embedded`` config's own
+turn length; the run takes about 6 minutes on 2 cores). With 16-token turns the prompt pass
+dominates and vector/sequential measured 2.55. Where the time goes (cProfile, vector
+variant): the prompt pass is about 60% of it, and
 batching does not speed that up (it is compute-bound, and left padding adds 15-35% more
 tokens), while it makes decoding several times cheaper per token. So the vector env's lead over
 sequential grows with longer turns and shrinks when other processes load the cores. Profiling
 also found the simulator's seeded sampler spending ~10% of the batched time on a full-vocabulary
 sort and per-row multinomial draws; it now works on the top candidates only.
 
-Run: ``python benchmarks/simulator_throughput.py [--rounds 2] [--max-new-tokens 16]``. The last
+Run: ``python benchmarks/simulator_throughput.py [--rounds 1] [--max-new-tokens 40]``. The last
 line printed is a JSON object with each variant's turns/s, ``vector_vs_sequential`` (vector /
 sequential, target >= 3.0) and ``vector_vs_raw`` (vector / raw, target >= 0.85).
 """
@@ -314,8 +316,8 @@ def check_same_intents(setup: Setup) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of raw/vector/seq")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per user turn")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of raw/vector/seq")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens per user turn")
     parser.add_argument("--no-server", action="store_true", help="skip the llama.cpp variant")
     args = parser.parse_args()
     setup = build_setup(args.max_new_tokens)
