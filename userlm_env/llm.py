@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -39,13 +40,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
-from userlm_env.errors import LLMCallError
+from userlm_env.errors import DataError, LLMCallError
 from userlm_env.types import Message
 
 # Must be set before LiteLLM is first imported, or it fetches its price map from the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-__all__ = ["ChatClient", "LLMClient", "LLMConfig", "LLMResult", "LLMStats"]
+__all__ = ["ChatClient", "LLMClient", "LLMConfig", "LLMResult", "LLMStats", "parse_json_object"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -55,6 +56,25 @@ CallKind = Literal["chat", "text"]
 _RETRY_STATUSES = frozenset({408, 409, 425, 429})
 #: Providers that LiteLLM serves through the OpenAI SDK, which accept our sized client.
 _OPENAI_SDK_PROVIDERS = frozenset({"openai", "text-completion-openai"})
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """The JSON object in a reply: bare, fenced in a code block, or after a short preamble."""
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end < start:
+        raise DataError("the reply holds no JSON object")
+    try:
+        value = json.loads(body[start : end + 1])
+    except json.JSONDecodeError as error:
+        raise DataError(f"the reply is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise DataError("the reply's JSON is not an object")
+    return value
 
 
 class _ModelConfig(Protocol):

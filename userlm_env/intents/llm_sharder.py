@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from userlm_env.errors import DataError
-from userlm_env.llm import ChatClient
+from userlm_env.llm import ChatClient, parse_json_object
 from userlm_env.types import Message, Shard
 
 __all__ = [
@@ -135,25 +135,12 @@ def validate_shards(payload: str, instruction: str, task: str | None = None) -> 
 
 
 def _parse_shards(payload: str) -> tuple[Shard, ...]:
-    items = _shard_items(_json_object(payload))
+    items = _shard_items(parse_json_object(payload))
     shards = tuple(_shard(item, position) for position, item in enumerate(items, start=1))
     ids = [s.id for s in shards]
     if ids != list(range(1, len(ids) + 1)):
         raise DataError(f"shard ids must be 1..{len(ids)} in order, got {ids}")
     return shards
-
-
-def _json_object(payload: str) -> dict[str, Any]:
-    start, end = payload.find("{"), payload.rfind("}")
-    if start < 0 or end < start:
-        raise DataError("the reply contains no JSON object")
-    try:
-        value = json.loads(payload[start : end + 1])
-    except json.JSONDecodeError as exc:
-        raise DataError(f"the reply is not valid JSON: {exc.msg} at char {exc.pos}") from None
-    if not isinstance(value, dict):
-        raise DataError("the reply's JSON is not an object")
-    return value
 
 
 def _shard_items(value: Mapping[str, Any]) -> list[Any]:

@@ -13,36 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from userlm_env.errors import DataError
-from userlm_env.llm import ChatClient
+from userlm_env.llm import ChatClient, parse_json_object
 from userlm_env.types import Message
 
 __all__ = ["ChatClient", "JsonDiskCache", "ask_json", "cache_key", "parse_json_object"]
 
 T = TypeVar("T")
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-def parse_json_object(text: str) -> dict[str, Any]:
-    """The JSON object in a reply: bare, fenced in a code block, or after a short preamble."""
-    fenced = _FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start, end = body.find("{"), body.rfind("}")
-    if start < 0 or end < start:
-        raise DataError("the reply holds no JSON object")
-    try:
-        value = json.loads(body[start : end + 1])
-    except json.JSONDecodeError as error:
-        raise DataError(f"the reply is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise DataError("the reply's JSON is not an object")
-    return value
 
 
 def cache_key(*parts: Any) -> str:
