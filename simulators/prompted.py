@@ -11,7 +11,9 @@ own assistant turns, which chat models continue in assistant style.
 Backends: ``"litellm"``, any LiteLLM model through :meth:`userlm_env.llm.LLMClient.chat_many`;
 ``"hf"``, a local model (e.g. the embedded ``smollm2-135m-instruct``) with batched, left-padded
 ``generate`` under its template's normal *assistant* generation prompt, loaded at the first
-``respond`` (building the simulator loads nothing). Both seed every row.
+``respond`` (building the simulator loads nothing). Both seed every row
+(:func:`simulators.sampling.row_seed`); how far a server reproduces seeded rows is set out in
+:mod:`simulators.userlm_server`.
 
 :func:`clean_output`: an end marker, or a loose spelling (``endconversation``), anywhere ends the
 conversation (``metadata["raw"]`` keeps the output); otherwise role labels (``User:``), wrapping
@@ -28,8 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from simulators.sampling import row_seed
 from userlm_env.core import SimulatorError
 from userlm_env.errors import UnknownNameError
 from userlm_env.llm import LLMClient, LLMConfig
@@ -134,7 +135,7 @@ class PromptedSimulator:
             if not pending:
                 break
             conversations = [self.conversation(row.state) for row in pending]
-            seeds = [_seed(row.state, attempt) for row in pending]
+            seeds = [row_seed(row.state, attempt) for row in pending]
             for row, raw in zip(pending, self.backend.generate(conversations, seeds), strict=True):
                 row.tries, row.raw = row.tries + 1, raw
                 row.turn = self._turn(raw, row.tries)
@@ -198,11 +199,6 @@ def _unquote(text: str) -> str:
     if closing and len(text) >= 2 and text.endswith(closing) and closing not in inner:
         return inner.strip()
     return text
-
-
-def _seed(state: ConversationState, attempt: int) -> int:
-    """One row's sampling seed: the conversation's turn seed mixed with the try index."""
-    return int(np.random.SeedSequence([state.turn_seed(), attempt]).generate_state(1)[0])
 
 
 @dataclass

@@ -37,7 +37,11 @@ a row whose every candidate was empty or a forbidden end raises
 becomes ``UserTurn(END_MARKER, ended=True)``.
 
 Seeding: every request carries a ``seed`` derived from ``state.turn_seed()`` and the try index.
-llama.cpp and vLLM honour it, so the same states give the same turns on the same server.
+llama.cpp and vLLM honour it, but a server's floating-point results also depend on what else it
+is doing: llama.cpp reuses the cached prefix of the request it served before (measured: the same
+seeded request gave two texts, depending on that request), and vLLM batches requests. Seeds
+therefore reproduce turns exactly only when requests go one at a time (``concurrency=1``) in the
+same order to a server in the same state; the in-process simulator is exactly reproducible.
 
 vLLM note: the default ``extra_body={"skip_special_tokens": False}`` keeps a special-token end
 marker in the returned text (vLLM drops special tokens from text by default, which would turn

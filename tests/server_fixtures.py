@@ -58,6 +58,21 @@ class LlamaServer:
     api_key: str = "local-test-key"
     log_path: Path | None = None
 
+    def forget_prompt_cache(self) -> None:
+        """Make the server evaluate its next prompt from its first token.
+
+        llama-cpp-python keeps the last request's tokens in its KV cache and evaluates only the
+        part of a new prompt after the prefix they share; when the whole prompt is cached it
+        replays the last token alone. Those paths round differently from a full evaluation, so
+        a seeded request can sample other tokens depending on the request served before it
+        (measured here: the same seeded chat request gave two different texts). Tests that
+        compare two runs call this before each one and send requests one at a time. A
+        one-token completion whose prompt shares no first token with the chat and User LM
+        prompts (which open with ``<|im_start|>``; the model adds no BOS) empties the cache.
+        """
+        body = {"model": MODEL_ALIAS, "prompt": "0", "max_tokens": 1, "temperature": 0.0}
+        _post_json(f"{self.api_base}/completions", body, timeout_s=WARMUP_TIMEOUT_S)
+
 
 def embedded_gguf() -> Path:
     """Path of the embedded GGUF, found without importing its package (whose import fails)."""
@@ -148,17 +163,19 @@ def _wait_until_ready(process: subprocess.Popen[bytes], api_base: str, log: Path
     _fail_with_log(f"llama.cpp server {state} before answering {api_base}/models", log)
 
 
+def _post_json(url: str, body: dict[str, object], *, timeout_s: float) -> object:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.load(response)
+
+
 def _warm_up(api_base: str, log: Path) -> None:
     """One tiny request, so the first test does not pay the first decode (seconds here)."""
     body = {"model": MODEL_ALIAS, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-    request = urllib.request.Request(
-        f"{api_base}/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=WARMUP_TIMEOUT_S) as response:
-            json.load(response)
+        _post_json(f"{api_base}/chat/completions", body, timeout_s=WARMUP_TIMEOUT_S)
     except (OSError, ValueError) as error:
         _fail_with_log(f"llama.cpp server failed its warm-up request: {error}", log)
 

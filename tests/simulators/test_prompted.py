@@ -95,19 +95,24 @@ def test_config_errors_are_typed() -> None:
 
 
 @pytest.mark.server
-def test_server_batch_gives_nonempty_reproducible_turns(
+def test_server_batch_gives_nonempty_turns_that_seeds_reproduce(
     llama_server: LlamaServer, apples_intent: Intent
 ) -> None:
-    simulator = _server_sim(llama_server)
+    # one request at a time from an empty prompt cache: llama.cpp's results otherwise depend on
+    # the request served before (see LlamaServer.forget_prompt_cache)
+    simulator = _server_sim(llama_server, concurrency=1)
     states = [ConversationState(intent=apples_intent, seed=s) for s in (0, 1)]
     states.append(_talking(apples_intent, 2))
+    llama_server.forget_prompt_cache()
     turns = simulator.respond(states)
+    llama_server.forget_prompt_cache()
     again = simulator.respond(states)
     assert len(turns) == 3
     for turn in turns:
         assert turn.ended or (turn.text.strip() and END_MARKER not in turn.text)
         assert turn.metadata["tries"] >= 1 and isinstance(turn.metadata["raw"], str)
     assert [t.text for t in again] == [t.text for t in turns]  # seeds come from the states
+    assert turns[0].metadata["raw"] != turns[1].metadata["raw"]  # same prompt, other seed
 
 
 @pytest.mark.server

@@ -8,6 +8,7 @@ through ``extra_body``): prompting the model into emitting the marker is unrelia
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from typing import Any
@@ -16,9 +17,10 @@ import pytest
 
 from simulators import make_simulator
 from simulators.guardrails import earlier_texts, end_ban_token_ids
-from simulators.sampling import UserLMConfig
+from simulators.sampling import UserLMConfig, row_seed
 from simulators.userlm_server import UserLMServerConfig, UserLMServerSimulator, parse_completion
 from tests.conftest import REPO_ROOT
+from tests.fault_server import FaultServer, ok
 from tests.server_fixtures import LlamaServer
 from userlm_env.chat_format import render_user_prompt
 from userlm_env.errors import LLMCallError, ModelUnavailableError
@@ -83,17 +85,45 @@ def test_guardrails_hold_on_real_turns(
 
 
 @pytest.mark.server
-def test_batch_of_eight_keeps_order_and_seeds_reproduce(
+def test_seeds_reproduce_turns_sent_one_at_a_time(
     llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
 ) -> None:
-    simulator = _simulator(llama_server, tokenizer, max_tries=1, **NO_CHECKS)
-    states = _states(apples_intent, range(8))
+    # one request at a time from an empty prompt cache: llama.cpp's results otherwise depend on
+    # the request served before (see LlamaServer.forget_prompt_cache)
+    simulator = _simulator(llama_server, tokenizer, max_tries=1, concurrency=1, **NO_CHECKS)
+    states = _states(apples_intent, range(4))
+    llama_server.forget_prompt_cache()
     turns = simulator.respond(states)
-    again = simulator.respond([states[7], states[0]])
-    assert len(turns) == 8
-    assert [t.text for t in again] == [turns[7].text, turns[0].text]
+    llama_server.forget_prompt_cache()
+    again = simulator.respond(states)
+    assert [t.text for t in again] == [t.text for t in turns]
     assert len({t.text for t in turns}) > 1  # different seeds, different samples
     assert all(t.metadata["tries"] == 1 for t in turns)
+
+
+def test_batch_of_eight_keeps_order_when_answers_come_back_reversed(
+    fault_server: FaultServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    # llama.cpp serves one request at a time, in arrival order; only a scripted server can
+    # answer the first request last. Its answers echo the prompt, which names the problem.
+    fault_server.push([ok(delay_s=0.05 * (8 - i)) for i in range(8)])
+    simulator = UserLMServerSimulator(
+        "openai/fault-model",
+        tokenizer,
+        **{"api_base": fault_server.api_base, "max_tries": 1, "concurrency": 8, **NO_CHECKS},
+    )
+    states = [
+        ConversationState(
+            intent=dataclasses.replace(apples_intent, instruction=f"Problem {i} is here."),
+            seed=i,
+        )
+        for i in range(8)
+    ]
+    turns = simulator.respond(states)
+    assert fault_server.max_in_flight == 8
+    assert [f"Problem {i} is here." in t.text for i, t in enumerate(turns)] == [True] * 8
+    sent = sorted(request.body["seed"] for request in fault_server.requests)
+    assert sent == sorted(row_seed(state, 0) for state in states)  # each row its own seed
 
 
 @pytest.mark.server
