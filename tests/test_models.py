@@ -170,6 +170,20 @@ def test_load_tokenizer_reads_the_cache_entry_else_the_gguf_file(
 
 
 @pytest.mark.slow
+def test_pretrained_location_is_the_cache_entry_and_other_names_pass_through(
+    converted: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = models.pretrained_location(EMBEDDED_MODEL, cache_dir=converted["cache"])
+    assert Path(location) == converted["entry"]
+    assert models.pretrained_location("org/some-model") == "org/some-model"
+    # a cache that cannot be written is a typed error, never a half-written folder
+    monkeypatch.setattr(models, "_convert_gguf", lambda gguf: (None, None))
+    monkeypatch.setattr(models, "_write_cache", lambda *args, **kwargs: None)
+    with pytest.raises(ModelUnavailableError, match="could not be written"):
+        models.pretrained_location(EMBEDDED_MODEL, cache_dir=tmp_path)
+
+
+@pytest.mark.slow
 def test_truncated_cache_file_is_rebuilt(converted: dict[str, Any]) -> None:
     entry = converted["entry"]
     weights = entry / "model.safetensors"

@@ -56,6 +56,7 @@ __all__ = [
     "is_complete_cache",
     "load_model",
     "load_tokenizer",
+    "pretrained_location",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,33 @@ def load_tokenizer(name: str, *, cache_dir: str | os.PathLike[str] | None = None
     if _looks_like_path(name):
         raise ModelUnavailableError(f"no tokenizer at path {name!r}. " + _alternatives(name))
     return _tokenizer_from(name, name, local_only=_offline())
+
+
+def pretrained_location(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """Where ``from_pretrained`` can read ``name`` as a plain checkpoint, for fresh copies.
+
+    :func:`load_model` shares one loaded instance per name; a trainer needs its own copy to
+    change. For an embedded model or a ``.gguf`` path this is its conversion-cache folder,
+    converted now when missing (without keeping the model loaded); other names are returned
+    as they are.
+
+    Raises:
+        ModelUnavailableError: The GGUF is missing, or its conversion could not be cached.
+    """
+    gguf = _gguf_source(name)
+    if gguf is None:
+        return name
+    label, path = gguf
+    entry = _cache_entry(label, path, cache_root(cache_dir))
+    if not is_complete_cache(entry):
+        tokenizer, model = _convert_gguf(path)
+        _write_cache(entry, tokenizer, model, source=str(path))
+    if not is_complete_cache(entry):
+        raise ModelUnavailableError(
+            f"the converted checkpoint of {name!r} could not be written to {entry}: "
+            f"make {entry.parent} writable or set {CACHE_ENV} to a writable folder"
+        )
+    return str(entry)
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -29,7 +29,8 @@ from transformers import TrainerCallback
 
 from userlm_env.chat_format import ChatTemplateError
 from userlm_env.errors import ModelUnavailableError
-from userlm_env.models import EMBEDDED_MODELS, cache_root, is_complete_cache, load_model
+from userlm_env.models import load_tokenizer as load_base_tokenizer
+from userlm_env.models import pretrained_location
 from userlm_env.training.data import Conversation
 from userlm_env.training.flip import (
     FlipCollator,
@@ -47,7 +48,6 @@ __all__ = [
     "build_model",
     "gradient_accumulation_steps",
     "load_tokenizer",
-    "model_source",
     "train_userlm",
     "training_arguments",
 ]
@@ -145,29 +145,13 @@ class LossRecorder(TrainerCallback):
 # --- model and tokenizer ---------------------------------------------------------------------
 
 
-def model_source(name: str) -> str:
-    """Where ``from_pretrained`` reads ``name``: the conversion cache for embedded models."""
-    if name not in EMBEDDED_MODELS:
-        return name
-    entry = _embedded_entry(name)
-    if entry is None:
-        load_model(name)  # converts the GGUF once and fills the cache
-        entry = _embedded_entry(name)
-    if entry is None:
-        raise ModelUnavailableError(f"the conversion cache for {name!r} could not be written")
-    return str(entry)
-
-
-def _embedded_entry(name: str) -> Path | None:
-    entries = sorted(cache_root().glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    return next((e for e in reversed(entries) if is_complete_cache(e)), None)
-
-
 def load_tokenizer(name: str, chat_template: str | None = None) -> Any:
-    """Load a tokenizer (a fresh copy), give it ``chat_template`` and a pad token if missing."""
-    from transformers import AutoTokenizer
+    """Load a tokenizer (a fresh copy), give it ``chat_template`` and a pad token if missing.
 
-    tokenizer = _from_pretrained(AutoTokenizer, name)
+    ``name`` is resolved as by :func:`userlm_env.models.load_tokenizer` (embedded model, local
+    checkpoint or hub id; offline-aware).
+    """
+    tokenizer = load_base_tokenizer(name)
     if chat_template:
         path = Path(chat_template)
         is_file = chat_template.endswith(".jinja") and path.is_file()
@@ -184,7 +168,7 @@ def load_tokenizer(name: str, chat_template: str | None = None) -> Any:
 
 def _from_pretrained(auto_class: Any, name: str, **kwargs: Any) -> Any:
     try:
-        return auto_class.from_pretrained(model_source(name), **kwargs)
+        return auto_class.from_pretrained(pretrained_location(name), **kwargs)
     except OSError as error:
         raise ModelUnavailableError(
             f"cannot load {name!r} ({error}); offline it must be in the local Hugging Face "
