@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +16,14 @@ from userlm_env.metrics.shards import ShardMatcher
 from userlm_env.spaces import UnicodeText
 from userlm_env.types import ConversationState, Intent
 
-__all__ = ["ConversationEnv", "SourceSpec", "build_simulator", "load_env_intents"]
+__all__ = [
+    "ConversationEnv",
+    "EnvParts",
+    "SourceSpec",
+    "build_env_parts",
+    "build_simulator",
+    "load_env_intents",
+]
 
 #: A source of intents: a registered name, or ``{"name": ..., **kwargs}``.
 SourceSpec = str | Mapping[str, Any]
@@ -51,6 +59,41 @@ def build_simulator(simulator: Any, kwargs: Mapping[str, Any] | None = None) -> 
     if kwargs:
         raise ValueError("simulator_kwargs only apply when simulator is given by name")
     return simulator
+
+
+@dataclass(frozen=True)
+class EnvParts:
+    """What the single and the vector env are both built from."""
+
+    intents: list[Intent]  # the intents episodes draw from
+    simulator: Any  # the user simulator (the env's dynamics)
+    core: ConversationCore  # the step logic both envs share
+
+
+def build_env_parts(
+    simulator: Any,
+    simulator_kwargs: Mapping[str, Any] | None,
+    *,
+    sources: Sequence[SourceSpec],
+    data_path: str | Path | None,
+    intents: Sequence[Intent] | None,
+    max_turns: int,
+    max_reply_chars: int,
+    matcher: ShardMatcher | None,
+) -> EnvParts:
+    """Load the intents, build the simulator and the core, as both env constructors document.
+
+    Raises:
+        ValueError: No intent was given or loaded, or ``simulator_kwargs`` came with an object.
+    """
+    chosen = list(intents) if intents is not None else load_env_intents(sources, data_path)
+    if not chosen:
+        raise ValueError("the environment needs at least one intent")
+    built = build_simulator(simulator, simulator_kwargs)
+    core = ConversationCore(
+        built, max_turns=max_turns, matcher=matcher, max_reply_chars=max_reply_chars
+    )
+    return EnvParts(intents=chosen, simulator=built, core=core)
 
 
 class ConversationEnv(gym.Env[str, str]):
@@ -133,16 +176,18 @@ class ConversationEnv(gym.Env[str, str]):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
-        self.intents: list[Intent] = (
-            list(intents) if intents is not None else load_env_intents(sources, data_path)
+        parts = build_env_parts(
+            simulator,
+            simulator_kwargs,
+            sources=sources,
+            data_path=data_path,
+            intents=intents,
+            max_turns=max_turns,
+            max_reply_chars=max_reply_chars,
+            matcher=matcher,
         )
-        if not self.intents:
-            raise ValueError("the environment needs at least one intent")
+        self.intents, self.simulator, self.core = parts.intents, parts.simulator, parts.core
         self._by_id = {intent.task_id: intent for intent in self.intents}
-        self.simulator = build_simulator(simulator, simulator_kwargs)
-        self.core = ConversationCore(
-            self.simulator, max_turns=max_turns, matcher=matcher, max_reply_chars=max_reply_chars
-        )
         self.render_mode = render_mode
         self.action_space = UnicodeText(max_reply_chars)
         self.observation_space = UnicodeText(MAX_OBSERVATION_CHARS)

@@ -12,8 +12,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore, StepOutcome
-from userlm_env.env import MAX_OBSERVATION_CHARS, SourceSpec, build_simulator, load_env_intents
+from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, StepOutcome
+from userlm_env.env import MAX_OBSERVATION_CHARS, SourceSpec, build_env_parts
 from userlm_env.errors import EpisodeStateError
 from userlm_env.metrics.shards import ShardMatcher
 from userlm_env.spaces import UnicodeText
@@ -68,15 +68,17 @@ class ConversationVectorEnv(VectorEnv):
             raise ValueError("NEXT_STEP autoreset would drop a reply; use SAME_STEP or DISABLED")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.num_envs = num_envs
-        self.intents = (
-            list(intents) if intents is not None else load_env_intents(sources, data_path)
+        parts = build_env_parts(
+            simulator,
+            simulator_kwargs,
+            sources=sources,
+            data_path=data_path,
+            intents=intents,
+            max_turns=max_turns,
+            max_reply_chars=max_reply_chars,
+            matcher=matcher,
         )
-        if not self.intents:
-            raise ValueError("the environment needs at least one intent")
-        self.simulator = build_simulator(simulator, simulator_kwargs)
-        self.core = ConversationCore(
-            self.simulator, max_turns=max_turns, matcher=matcher, max_reply_chars=max_reply_chars
-        )
+        self.intents, self.simulator, self.core = parts.intents, parts.simulator, parts.core
         self.single_action_space = UnicodeText(max_reply_chars)
         self.single_observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
         self.action_space = batch_space(self.single_action_space, num_envs)

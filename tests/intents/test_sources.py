@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,22 +51,13 @@ def test_humaneval_limit_keeps_the_first_problems() -> None:
         load_humaneval(limit=-1)
 
 
-def test_loading_and_sharding_humaneval_is_fast() -> None:
-    start = time.perf_counter()
-    load_humaneval()
-    assert time.perf_counter() - start < 2.0  # measured ~0.1 s on 2 shared cores
-
-
 # --------------------------------------------------------------------------- GSM8k JSONL
 
 
 def test_gsm8k_test_split_loads_every_problem() -> None:
-    start = time.perf_counter()
     intents = load_gsm8k_jsonl(gsm8k_path())
-    elapsed = time.perf_counter() - start
     rows = gsm8k_rows()
     assert len(intents) == len(rows) == 1319
-    assert elapsed < 2.0  # measured ~0.1 s
     assert intents[0].task_id == "gsm8k/0" and intents[-1].task_id == "gsm8k/1318"
     assert intents[0].reference["answer"] == "18"
     for intent, row in zip(intents, rows, strict=True):
