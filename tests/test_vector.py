@@ -92,6 +92,18 @@ def test_next_step_mode_is_refused(apples_intent: Intent) -> None:
         )
 
 
+def test_settings_reach_the_core_and_unknown_ones_are_refused(apples_intent: Intent) -> None:
+    envs = ConversationVectorEnv(
+        2, simulator="sharded", intents=[apples_intent], max_turns=3, max_reply_chars=50
+    )
+    assert (envs.core.max_turns, envs.core.max_reply_chars) == (3, 50)
+    assert envs.single_action_space.max_length == 50
+    with pytest.raises(TypeError, match="max_turn"):
+        ConversationVectorEnv(2, simulator="sharded", intents=[apples_intent], max_turn=3)
+    with pytest.raises(ValueError, match="at least one intent"):
+        ConversationVectorEnv(2, simulator="sharded", intents=[])
+
+
 def test_per_env_seeds_reproduce_intents() -> None:
     def intents(seed: int) -> list[str]:
         envs = ConversationVectorEnv(4, simulator="sharded", sources=("humaneval",))

@@ -71,17 +71,17 @@ class EnvParts:
 
 
 def build_env_parts(
-    simulator: Any,
-    simulator_kwargs: Mapping[str, Any] | None,
+    simulator: Any = "userlm",
+    simulator_kwargs: Mapping[str, Any] | None = None,
     *,
-    sources: Sequence[SourceSpec],
-    data_path: str | Path | None,
-    intents: Sequence[Intent] | None,
-    max_turns: int,
-    max_reply_chars: int,
-    matcher: ShardMatcher | None,
+    sources: Sequence[SourceSpec] = ("humaneval",),
+    data_path: str | Path | None = None,
+    intents: Sequence[Intent] | None = None,
+    max_turns: int = 8,
+    max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+    matcher: ShardMatcher | None = None,
 ) -> EnvParts:
-    """Load the intents, build the simulator and the core, as both env constructors document.
+    """Load the intents, build the simulator and the core (arguments as for ConversationEnv).
 
     Raises:
         ValueError: No intent was given or loaded, or ``simulator_kwargs`` came with an object.

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,12 +11,11 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, StepOutcome
-from userlm_env.env import MAX_OBSERVATION_CHARS, SourceSpec, build_env_parts
+from userlm_env.core import StepOutcome
+from userlm_env.env import MAX_OBSERVATION_CHARS, build_env_parts
 from userlm_env.errors import EpisodeStateError
-from userlm_env.metrics.shards import ShardMatcher
 from userlm_env.spaces import UnicodeText
-from userlm_env.types import ConversationState, Intent
+from userlm_env.types import ConversationState
 
 __all__ = ["ConversationVectorEnv"]
 
@@ -54,32 +52,31 @@ class ConversationVectorEnv(VectorEnv):
         num_envs: int,
         simulator: Any = "userlm",
         *,
-        simulator_kwargs: Mapping[str, Any] | None = None,
-        sources: Sequence[SourceSpec] = ("humaneval",),
-        data_path: str | Path | None = None,
-        intents: Sequence[Intent] | None = None,
-        max_turns: int = 8,
-        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
-        matcher: ShardMatcher | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
+        **env_kwargs: Any,
     ) -> None:
+        """Build ``num_envs`` conversations over one simulator.
+
+        Args:
+            num_envs: Conversations stepped together.
+            simulator: A registered simulator name or a simulator object, as for the single env.
+            autoreset_mode: ``SAME_STEP`` (default) or ``DISABLED``; ``NEXT_STEP`` is refused.
+            **env_kwargs: The single env's other settings (``simulator_kwargs``, ``sources``,
+                ``data_path``, ``intents``, ``max_turns``, ``max_reply_chars``, ``matcher``),
+                with its defaults; see :func:`userlm_env.env.build_env_parts`.
+
+        Raises:
+            ValueError: ``NEXT_STEP`` autoreset, or no intents.
+            TypeError: An unknown setting.
+        """
         mode = AutoresetMode(autoreset_mode)
         if mode == AutoresetMode.NEXT_STEP:
             raise ValueError("NEXT_STEP autoreset would drop a reply; use SAME_STEP or DISABLED")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.num_envs = num_envs
-        parts = build_env_parts(
-            simulator,
-            simulator_kwargs,
-            sources=sources,
-            data_path=data_path,
-            intents=intents,
-            max_turns=max_turns,
-            max_reply_chars=max_reply_chars,
-            matcher=matcher,
-        )
+        parts = build_env_parts(simulator, **env_kwargs)
         self.intents, self.simulator, self.core = parts.intents, parts.simulator, parts.core
-        self.single_action_space = UnicodeText(max_reply_chars)
+        self.single_action_space = UnicodeText(self.core.max_reply_chars)
         self.single_observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
