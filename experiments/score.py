@@ -12,21 +12,18 @@ else 3.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from experiments.episodes import run_missing_episodes
 from experiments.run_info import write_run_info
-from userlm_env.core import ConversationCore
-from userlm_env.rollout import JsonlWriter, first_per_task, make_jobs, read_records, run_episodes
-from userlm_env.summary import format_table, latest_by_key, score_report
+from userlm_env.rollout import read_records
+from userlm_env.summary import format_table, score_report
 
-log = logging.getLogger(__name__)
 #: Exit status when some episodes failed (after retries).
 EXIT_FAILURES = 3
 
@@ -34,14 +31,7 @@ EXIT_FAILURES = 3
 def score(cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Run the missing episodes and return the report rows."""
     results = out_dir / cfg.results_file
-    finished = {r["key"] for r in latest_by_key(read_records(results)) if not r.get("error")}
-    intents = first_per_task(instantiate(cfg.task), cfg.max_intents_per_task)
-    jobs = [j for j in make_jobs(intents, cfg.n_per_intent, cfg.seed) if j.key not in finished]
-    log.info("%d episodes to run, %d already finished", len(jobs), len(finished))
-    if jobs:
-        core = ConversationCore(instantiate(cfg.simulator), max_turns=cfg.max_turns)
-        assistant = instantiate(cfg.assistant)
-        run_episodes(jobs, core, assistant, batch_size=cfg.batch_size, on_done=JsonlWriter(results))
+    run_missing_episodes(cfg, results)
     rows = score_report(read_records(results))
     (out_dir / "report.md").write_text(format_table(rows) + "\n", encoding="utf-8")
     return rows

@@ -1,0 +1,55 @@
+"""experiments.episodes: a re-run into the same folder runs only missing and failed episodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from experiments.episodes import run_missing_episodes
+from experiments.simulate import simulate
+from tests.conftest import REPO_ROOT
+from userlm_env.rollout import read_records
+
+CONF = REPO_ROOT / "experiments" / "conf"
+OFFLINE = ["task=tiny", "simulator=sharded", "assistant=oracle", "max_turns=6"]
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*OFFLINE, *overrides])
+
+
+def test_rerun_retries_failed_episodes_and_skips_finished_ones(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    first = run_missing_episodes(_config(), results)
+    records = read_records(results)
+    assert (first.intents, first.ran, first.already_finished) == (4, 4, 0)
+    assert all(r["error"] is None and r["solved"] for r in records)
+    failed = {**records[1], "error": "LLMCallError: the provider was down", "solved": False}
+    with results.open("a", encoding="utf-8") as sink:
+        sink.write(json.dumps(failed) + "\n")
+
+    second = run_missing_episodes(_config(), results)
+    assert (second.ran, second.already_finished) == (1, 3)
+    rerun = read_records(results)[-1]
+    assert rerun["key"] == records[1]["key"] and rerun["error"] is None and rerun["solved"]
+
+    # nothing left to run: the simulator is not even built (this config would fail to build)
+    broken = _config("+simulator.no_such_setting=1")
+    assert run_missing_episodes(broken, results).ran == 0
+
+
+def test_simulate_table_counts_each_episode_once_after_a_retry(tmp_path: Path) -> None:
+    cfg = _config()
+    simulate(cfg, tmp_path)
+    records = read_records(tmp_path / cfg.results_file)
+    failed = {**records[0], "error": "LLMCallError: timed out", "solved": False}
+    with (tmp_path / cfg.results_file).open("a", encoding="utf-8") as sink:
+        sink.write(json.dumps(failed) + "\n")
+    table = simulate(cfg, tmp_path)
+    all_row = next(line for line in table.splitlines() if line.startswith("| all"))
+    cells = [cell.strip() for cell in all_row.strip("|").split("|")]
+    assert cells[1:3] == ["4", "0"]  # 4 conversations, none failed: the retry replaced it
+    assert (tmp_path / "summary.md").read_text().strip() == table
