@@ -19,7 +19,7 @@ from userlm_env.metrics.suite import SUITE, compute_suite
 if TYPE_CHECKING:
     from experiments.report import Simulation
 
-__all__ = ["coverage_curve", "write_figures"]
+__all__ = ["coverage_curve", "unigram_note", "write_figures"]
 
 Groups = Mapping[tuple[str, str], Sequence["Simulation"]]
 _UNIGRAM = next(m for m in SUITE if m.name == "unigram_difference")
@@ -90,7 +90,17 @@ def _unigram(groups: Groups, path: Path) -> Path:
     axes.set_ylabel("unigram difference")
     axes.set_ylim(0.0, 1.0)
     axes.set_title("Lexical diversity between simulations of an intent")
+    note = unigram_note(values)
+    if note:
+        axes.text(0.5, 0.5, note, transform=axes.transAxes, ha="center", va="center", fontsize=9)
     return _save(figure, path)
+
+
+def unigram_note(values: Sequence[float | None]) -> str | None:
+    """Why the diversity figure is empty, or ``None`` when any group has a value."""
+    if any(v is not None for v in values):
+        return None
+    return "no intent was simulated twice in one group:\nrun with n_per_intent >= 2 to compare"
 
 
 def _save(figure, path: Path) -> Path:

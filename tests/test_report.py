@@ -12,7 +12,7 @@ import pytest
 
 from assistants.scripted import OracleAssistant
 from experiments.report import collect_runs, group_simulations, main, merge_rows, run_intents
-from experiments.report_figures import coverage_curve, write_figures
+from experiments.report_figures import coverage_curve, unigram_note, write_figures
 from experiments.report_page import write_page
 from simulators.sharded import ShardedSimulator
 from userlm_env.core import ConversationCore
@@ -149,3 +149,8 @@ def test_cli_writes_tables_figures_and_page(sweep: Path, tmp_path: Path, capsys)
     shutil.rmtree(sweep / "simulator=sharded" / ".hydra")
     with pytest.raises(FileNotFoundError, match="--no-intents"):
         main([str(sweep), "--out", str(tmp_path / "again")])
+
+
+def test_empty_diversity_figure_says_why() -> None:
+    assert "n_per_intent >= 2" in (unigram_note([None, None]) or "")
+    assert unigram_note([None, 0.4]) is None
