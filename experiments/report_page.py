@@ -1,5 +1,7 @@
 """The report's single static HTML page: the summary table, the figures (embedded as base64
 PNG) and, for each intent, its simulations side by side (user turns only) with their metrics.
+A turn the simulator kept although it broke a guardrail after every try carries a badge naming
+the rule (from the record's ``user_turn_metadata``).
 
 The page needs nothing outside itself: inline CSS, no external asset, no network. A tiny inline
 script marks ``<body data-ok="yes">`` once it has counted the simulations, so a headless
@@ -86,11 +88,23 @@ def _figure(path: Path) -> str:
     )
 
 
+def _guardrail_badge(metadata: Any) -> str:
+    """A badge for a turn kept although it broke a guardrail after every try, else ``""``."""
+    rule = metadata.get("guardrail_failed") if isinstance(metadata, Mapping) else None
+    if not rule:
+        return ""
+    tries = metadata.get("tries", "?")
+    title = f"kept after {tries} tries although it breaks the {rule} guardrail"
+    return f' <span class="flag" title="{_e(title)}">{_e(str(rule).replace("_", " "))}</span>'
+
+
 def _simulation(sim: Simulation) -> str:
+    metadata = list(sim.record.get("user_turn_metadata") or [])
+    metadata += [None] * (len(sim.view.user_texts) - len(metadata))
     turns = "".join(
         f'<li><span class="{"ids" if ids else "ids none"}">[{_e(", ".join(map(str, ids)) or "-")}]'
-        f"</span> {_e(text)}</li>"
-        for text, ids in zip(sim.view.user_texts, sim.view.revealed, strict=True)
+        f"</span> {_e(text)}{_guardrail_badge(meta)}</li>"
+        for text, ids, meta in zip(sim.view.user_texts, sim.view.revealed, metadata, strict=False)
     )
     metrics = sim.episode.metrics
     flags = [f'<span class="flag">{_e(f.replace("_", " "))}</span>' for f in _FLAGS if metrics[f]]
@@ -152,7 +166,8 @@ def render_page(
         f'<p class="meta">{_e(source)} · {episodes} episodes · {len(groups)} simulator x task '
         f"groups</p><h2>Summary</h2>{_table(rows)}<h2>Figures</h2>"
         f"{''.join(_figure(p) for p in figures)}<h2>Simulations by intent</h2>"
-        '<p class="meta">User turns only; [ids] are the shards each turn revealed.</p>'
+        '<p class="meta">User turns only; [ids] are the shards each turn revealed; a red badge'
+        " on a turn names the guardrail it still broke after every resampling try.</p>"
         f"{intents}<script>{_SCRIPT}</script></body></html>"
     )
 

@@ -154,3 +154,16 @@ def test_cli_writes_tables_figures_and_page(sweep: Path, tmp_path: Path, capsys)
 def test_empty_diversity_figure_says_why() -> None:
     assert "n_per_intent >= 2" in (unigram_note([None, None]) or "")
     assert unigram_note([None, 0.4]) is None
+
+
+def test_turns_kept_despite_a_guardrail_carry_a_badge(sweep: Path, tmp_path: Path) -> None:
+    results = sweep / "simulator=sharded" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    records[0]["user_turn_metadata"][1] = {"tries": 8, "guardrail_failed": "repeat"}
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs, intents = collect_runs(sweep), intents_of(sweep)
+    groups = group_simulations(runs, intents)
+    page = write_page(merge_rows(runs, intents), groups, [], tmp_path / "report.html").read_text()
+    badge = 'title="kept after 8 tries although it breaks the repeat guardrail">repeat</span>'
+    assert page.count(badge) == 1
+    assert page.count("although it breaks") == 1  # no other turn is flagged
