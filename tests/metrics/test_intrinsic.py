@@ -11,6 +11,7 @@ import pytest
 
 from experiments.intrinsic import main as intrinsic_main
 from tests.metrics.data import FIXTURES, ScriptedClient
+from tests.training.test_data import PRISM_ROW
 from userlm_env.errors import DataError
 from userlm_env.metrics.intrinsic import (
     UNSURE_REPLY,
@@ -28,6 +29,7 @@ from userlm_env.metrics.intrinsic import (
     termination_items,
     termination_scores,
 )
+from userlm_env.metrics.intrinsic_data import commonsense_qa_item, prism_conversation
 from userlm_env.types import END_MARKER, ConversationState, UserTurn
 
 CHOICES = ("closet", "oven", "mailbox", "bathtub", "garage roof")
@@ -177,3 +179,19 @@ def test_experiment_script_runs_offline_on_the_fixtures(tmp_path: Path) -> None:
 def test_conversation_records_are_checked() -> None:
     with pytest.raises(DataError, match="start with a user"):
         Conversation.from_json({"id": 1, "intent": "x", "messages": []})
+
+
+def test_hub_rows_become_intrinsic_records() -> None:
+    row = {  # shaped like a CommonsenseQA row; the values are made up for this test
+        "id": "q1",
+        "question": "Where would you keep a winter coat in summer?",
+        "question_concept": "coat",
+        "choices": {"label": ["A", "B", "C"], "text": ["closet", "oven", "mailbox"]},
+        "answerKey": "A",
+    }
+    item = commonsense_qa_item(row)
+    assert (item.id, item.choices, item.answer) == ("q1", ("closet", "oven", "mailbox"), "closet")
+    assert commonsense_qa_item({**row, "answerKey": ""}).answer is None
+    conversation = prism_conversation(PRISM_ROW)
+    assert (conversation.id, conversation.intent) == ("c42", "what should I cook tonight")
+    assert len(conversation.messages) == 4 and conversation.messages[1]["role"] == "assistant"

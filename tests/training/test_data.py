@@ -16,12 +16,15 @@ from userlm_env.training.data import (
     Conversation,
     DataConfig,
     assign_splits,
+    conversation_from_record,
     filter_language,
     first_turn_ngrams,
     load_hub_conversations,
     prepare_conversations,
+    prism_record,
     read_conversations,
     remove_near_duplicates,
+    wildchat_record,
     write_conversations,
 )
 
@@ -113,6 +116,55 @@ def test_hub_loading_reports_missing_datasets(monkeypatch: pytest.MonkeyPatch) -
         load_hub_conversations("wildchat")
     with pytest.raises(DataError, match="unknown hub dataset"):
         load_hub_conversations("sharegpt")
+
+
+# Rows shaped like the hub datasets' (fields as their dataset cards describe them); the values
+# are made up for these tests.
+WILDCHAT_ROW = {
+    "conversation_hash": "abc123",
+    "hashed_ip": "ip-7f3e",
+    "country": "Chile",
+    "language": "English",
+    "model": "gpt-4",
+    "conversation": [
+        {"role": "user", "content": "help me name a bakery", "turn_identifier": 1},
+        {"role": "assistant", "content": "How about Crumb & Co?", "turn_identifier": 1},
+    ],
+}
+PRISM_ROW = {
+    "conversation_id": "c42",
+    "user_id": "user17",
+    "conversation_type": "unguided",
+    "opening_prompt": "what should I cook tonight",
+    "conversation_history": [
+        {"turn": 0, "role": "user", "content": "what should I cook tonight"},
+        {"turn": 0, "role": "model", "content": "Try a stir-fry.", "if_chosen": True},
+        {"turn": 0, "role": "model", "content": "Soup is nice.", "if_chosen": False},
+        {"turn": 1, "role": "user", "content": "no wok though"},
+        {"turn": 1, "role": "model", "content": "A sheet-pan bake, then.", "if_chosen": True},
+    ],
+}
+
+
+def test_hub_rows_become_conversations() -> None:
+    wildchat = conversation_from_record(wildchat_record(WILDCHAT_ROW))
+    assert (wildchat.conversation_id, wildchat.user_id, wildchat.country) == (
+        "abc123",
+        "ip-7f3e",
+        "Chile",
+    )
+    assert [m["role"] for m in wildchat.messages] == ["user", "assistant"]
+    assert wildchat.metadata.get("model") == "gpt-4"
+    prism = conversation_from_record(prism_record(PRISM_ROW))
+    assert (prism.conversation_id, prism.user_id) == ("c42", "user17")
+    assert [m["content"] for m in prism.messages] == [
+        "what should I cook tonight",
+        "Try a stir-fry.",  # the chosen response; "Soup is nice." was not chosen
+        "no wok though",
+        "A sheet-pan bake, then.",
+    ]
+    with pytest.raises(DataError):  # an empty turn is refused, never kept
+        conversation_from_record(wildchat_record({**WILDCHAT_ROW, "conversation": []}))
 
 
 # --- language filter and de-duplication ------------------------------------------------------

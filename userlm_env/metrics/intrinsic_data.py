@@ -9,15 +9,25 @@ so that nothing here needs the network or the package unless asked.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from userlm_env.errors import DataError
+from userlm_env.training.data import prism_record
 from userlm_env.types import Message
 
-__all__ = ["Conversation", "IntrinsicData", "MCQItem", "OpenQuestion", "load_jsonl", "load_online"]
+__all__ = [
+    "Conversation",
+    "IntrinsicData",
+    "MCQItem",
+    "OpenQuestion",
+    "commonsense_qa_item",
+    "load_jsonl",
+    "load_online",
+    "prism_conversation",
+]
 
 
 @dataclass(frozen=True)
@@ -120,12 +130,7 @@ def load_online(kind: str, limit: int, seed: int = 0) -> list[Any]:
 
 def _commonsense_qa(datasets: Any, limit: int, seed: int) -> list[MCQItem]:
     rows = datasets.load_dataset("tau/commonsense_qa", split="validation").shuffle(seed=seed)
-    items = []
-    for row in rows.select(range(min(limit, len(rows)))):
-        labels, texts = row["choices"]["label"], row["choices"]["text"]
-        answer = dict(zip(labels, texts, strict=True)).get(row["answerKey"])
-        items.append(MCQItem(row["id"], row["question"], tuple(texts), answer))
-    return items
+    return [commonsense_qa_item(row) for row in rows.select(range(min(limit, len(rows))))]
 
 
 def _natural_questions(datasets: Any, limit: int, seed: int) -> list[OpenQuestion]:
@@ -136,13 +141,25 @@ def _natural_questions(datasets: Any, limit: int, seed: int) -> list[OpenQuestio
 
 def _prism(datasets: Any, limit: int, seed: int) -> list[Conversation]:
     rows = datasets.load_dataset("HannahRoseKirk/prism-alignment", "conversations", split="train")
-    conversations = []
-    for row in rows.shuffle(seed=seed).select(range(min(limit, len(rows)))):
-        messages = [
-            Message(role="user" if turn["role"] == "user" else "assistant", content=turn["content"])
-            for turn in row["conversation_history"]
-            if turn["role"] == "user" or turn.get("if_chosen")
-        ]
-        conversation_id = str(row["conversation_id"])
-        conversations.append(Conversation(conversation_id, row["opening_prompt"], tuple(messages)))
-    return conversations
+    return [
+        prism_conversation(row)
+        for row in rows.shuffle(seed=seed).select(range(min(limit, len(rows))))
+    ]
+
+
+def commonsense_qa_item(row: Mapping[str, Any]) -> MCQItem:
+    """One CommonsenseQA row (``choices`` as parallel ``label`` / ``text`` lists) as an item."""
+    labels, texts = row["choices"]["label"], row["choices"]["text"]
+    answer = dict(zip(labels, texts, strict=True)).get(row["answerKey"])
+    return MCQItem(row["id"], row["question"], tuple(texts), answer)
+
+
+def prism_conversation(row: Mapping[str, Any]) -> Conversation:
+    """One PRISM ``conversations`` row; its opening prompt stands in for the intent.
+
+    The chosen responses are kept as by :func:`userlm_env.training.data.prism_record`.
+    """
+    messages = tuple(
+        Message(role=m["role"], content=m["content"]) for m in prism_record(row)["messages"]
+    )
+    return Conversation(str(row["conversation_id"]), row["opening_prompt"], messages)

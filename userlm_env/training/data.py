@@ -52,8 +52,10 @@ __all__ = [
     "first_turn_ngrams",
     "load_hub_conversations",
     "prepare_conversations",
+    "prism_record",
     "read_conversations",
     "remove_near_duplicates",
+    "wildchat_record",
     "with_intent",
     "write_conversations",
 ]
@@ -218,7 +220,7 @@ def load_hub_conversations(
     if name not in HUB_DATASETS:
         raise DataError(f"unknown hub dataset {name!r}; known: {sorted(HUB_DATASETS)}")
     rows = _hub_rows(HUB_DATASETS[name], "conversations" if name == "prism" else None, split)
-    convert = _wildchat_record if name == "wildchat" else _prism_record
+    convert = wildchat_record if name == "wildchat" else prism_record
     conversations: list[Conversation] = []
     for index, row in enumerate(rows):
         if limit is not None and len(conversations) >= limit:
@@ -247,7 +249,9 @@ def _hub_rows(repo: str, config: str | None, split: str) -> Iterable[Mapping[str
         ) from error
 
 
-def _wildchat_record(row: Mapping[str, Any]) -> dict[str, Any]:
+def wildchat_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One WildChat-1M row as a record for :func:`conversation_from_record` (the hashed IP
+    address stands for the user)."""
     return {
         "conversation_id": row.get("conversation_hash"),
         "hashed_ip": row.get("hashed_ip"),
@@ -260,7 +264,12 @@ def _wildchat_record(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _prism_record(row: Mapping[str, Any]) -> dict[str, Any]:
+def prism_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One PRISM ``conversations`` row as a record for :func:`conversation_from_record`.
+
+    PRISM shows the user several model responses per turn; only the chosen one
+    (``if_chosen``) continues the conversation, so the others are dropped.
+    """
     turns = [
         {"role": "user" if t.get("role") == "user" else "assistant", "content": t.get("content")}
         for t in row.get("conversation_history") or []
