@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.run_info import read_run_info
+from userlm_env.errors import DataError
 from userlm_env.metrics.episode import EpisodeView
 from userlm_env.metrics.suite import SUITE, SimulatedEpisode, compute_suite, format_value
 from userlm_env.rollout import read_records
@@ -104,7 +105,7 @@ def group_simulations(
 def _simulation(record: Mapping[str, Any], intents: Mapping[str, Intent]) -> Simulation:
     intent = intents.get(record["intent_id"])
     if intent is None:
-        raise KeyError(f"intent {record['intent_id']!r} of record {record['key']!r} not found")
+        raise DataError(f"intent {record['intent_id']!r} of record {record['key']!r} not found")
     view = EpisodeView.from_record(record, intent)
     return Simulation(record, view, SimulatedEpisode.from_view(view))
 
@@ -151,16 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [p.parent for p in sorted(args.root.rglob("results.jsonl"))]
     if not paths:
         parser.error(f"no results.jsonl below {args.root}")
-    runs = collect_runs(args.root)
-    intents = None if args.no_intents else [run_intents(p) for p in paths]
-    rows = merge_rows(runs, intents)
+    try:  # unreadable runs are a usage error (exit 2), reported without a traceback
+        runs = collect_runs(args.root)
+        intents = None if args.no_intents else [run_intents(p) for p in paths]
+        rows = merge_rows(runs, intents)
+        sims = group_simulations(runs, intents) if intents is not None else None
+    except (OSError, DataError) as error:
+        parser.error(str(error))
     out = args.out or args.root / "report"
     written = list(write_tables(rows, out))
-    if intents is not None:
+    if sims is not None:
         from experiments.report_figures import write_figures
         from experiments.report_page import write_page
 
-        sims = group_simulations(runs, intents)
         figures = write_figures(sims, out.parent / f"{out.name}_figures")
         written.append(write_page(rows, sims, figures, out.with_suffix(".html"), args.root))
     print(format_table(rows))

@@ -147,8 +147,10 @@ def test_cli_writes_tables_figures_and_page(sweep: Path, tmp_path: Path, capsys)
     assert main([str(sweep), "--no-intents", "--out", str(tmp_path / "plain")]) == 0
     assert not (tmp_path / "plain.html").exists()
     shutil.rmtree(sweep / "simulator=sharded" / ".hydra")
-    with pytest.raises(FileNotFoundError, match="--no-intents"):
+    with pytest.raises(SystemExit) as usage_error:  # a usage error, not a traceback
         main([str(sweep), "--out", str(tmp_path / "again")])
+    assert usage_error.value.code == 2
+    assert "--no-intents" in capsys.readouterr().err
 
 
 def test_empty_diversity_figure_says_why() -> None:
