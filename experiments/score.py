@@ -13,7 +13,10 @@ else 3.
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,7 +25,7 @@ from omegaconf import DictConfig
 from experiments.episodes import run_missing_episodes
 from experiments.run_info import write_run_info
 from userlm_env.rollout import read_records
-from userlm_env.summary import format_table, score_report
+from userlm_env.summary import format_table, latest_by_key, score_report
 
 #: Exit status when some episodes failed (after retries).
 EXIT_FAILURES = 3
@@ -48,7 +51,18 @@ def main(cfg: DictConfig) -> None:
     failed = rows[-1]["failed"] if rows else 0
     if failed:
         print(f"{failed} episode(s) failed; re-run the same command to retry them", file=sys.stderr)
+        print(common_error(read_records(out_dir / cfg.results_file)), file=sys.stderr)
         sys.exit(EXIT_FAILURES)
+
+
+def common_error(records: Iterable[Mapping[str, Any]], limit: int = 400) -> str:
+    """The most frequent error among the episodes that failed last, with its count."""
+    errors = Counter(str(r["error"]) for r in latest_by_key(records) if r.get("error"))
+    if not errors:
+        return "no failed episode"
+    error, count = errors.most_common(1)[0]
+    text = error if len(error) <= limit else error[:limit] + "..."
+    return f"most common error ({count} of {sum(errors.values())}): {text}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from experiments.episodes import run_missing_episodes
+from experiments.score import common_error
 from experiments.simulate import simulate
 from tests.conftest import REPO_ROOT
 from userlm_env.rollout import read_records
@@ -53,3 +54,16 @@ def test_simulate_table_counts_each_episode_once_after_a_retry(tmp_path: Path) -
     cells = [cell.strip() for cell in all_row.strip("|").split("|")]
     assert cells[1:3] == ["4", "0"]  # 4 conversations, none failed: the retry replaced it
     assert (tmp_path / "summary.md").read_text().strip() == table
+
+
+def test_common_error_counts_only_episodes_that_failed_last() -> None:
+    records = [
+        {"key": "a", "error": "LLMCallError: 401 bad key"},
+        {"key": "b", "error": "LLMCallError: 401 bad key"},
+        {"key": "c", "error": "LLMCallError: timed out"},
+        {"key": "d", "error": "LLMCallError: timed out"},
+        {"key": "a", "error": None},  # a's retry succeeded
+    ]
+    assert common_error(records) == "most common error (2 of 3): LLMCallError: timed out"
+    assert common_error([{"key": "a", "error": "x" * 500}], limit=10).endswith("x" * 10 + "...")
+    assert common_error([{"key": "a", "error": None}]) == "no failed episode"

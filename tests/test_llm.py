@@ -20,7 +20,7 @@ from tests.fault_server import (
 )
 from tests.server_fixtures import LlamaServer
 from userlm_env.errors import LLMCallError
-from userlm_env.llm import LLMClient, LLMConfig
+from userlm_env.llm import PLACEHOLDER_API_KEY, LLMClient, LLMConfig
 from userlm_env.types import Message
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 2.0, "timeout_s": 5.0}
@@ -81,6 +81,16 @@ def test_seed_makes_llama_reproducible(llama_server: LlamaServer) -> None:
         texts.append(client.chat_many([_ask("Tell me a story.")], seeds=[7])[0].text)
     assert texts[0] == texts[1] and texts[2] == texts[3]
     assert all(text.strip() for text in texts)
+
+
+@pytest.mark.server
+def test_local_server_needs_no_key(
+    llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = LLMConfig(llama_server.model, llama_server.api_base, max_tokens=4, max_retries=0)
+    (result,) = LLMClient(config).chat_many([_ask("Hi")])
+    assert result.text.strip() and result.usage["completion_tokens"] > 0
 
 
 @pytest.mark.server
@@ -164,6 +174,17 @@ def test_connection_refused_is_retried_then_fails() -> None:
     with pytest.raises(LLMCallError) as caught:
         client.chat_many([_ask("hi")])
     assert caught.value.attempts == 2  # type: ignore[attr-defined]
+
+
+def test_keyless_api_base_gets_the_placeholder_else_the_environment_key(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    _fault_client(fault_server, api_key=None).chat_many([_ask("a")])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    _fault_client(fault_server, api_key=None).chat_many([_ask("b")])
+    sent = [request.headers["authorization"] for request in fault_server.requests]
+    assert sent == [f"Bearer {PLACEHOLDER_API_KEY}", "Bearer sk-from-env"]
 
 
 def test_key_seed_and_params_reach_the_server(fault_server: FaultServer) -> None:

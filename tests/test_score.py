@@ -93,6 +93,7 @@ def test_failures_are_recorded_then_resume_completes_them(tmp_path: Path) -> Non
         first = _records(tmp_path)
         assert first and all(r["error"] and "LLMCallError" in r["error"] for r in first)
         assert "failed" in failing.stderr
+        assert "most common error (4 of 4): LLMCallError" in failing.stderr
         server.reset()
         resumed = _run(_score_command(server.api_base, tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -46,7 +46,15 @@ from userlm_env.types import Message
 # Must be set before LiteLLM is first imported, or it fetches its price map from the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-__all__ = ["ChatClient", "LLMClient", "LLMConfig", "LLMResult", "LLMStats", "parse_json_object"]
+__all__ = [
+    "PLACEHOLDER_API_KEY",
+    "ChatClient",
+    "LLMClient",
+    "LLMConfig",
+    "LLMResult",
+    "LLMStats",
+    "parse_json_object",
+]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -56,6 +64,9 @@ CallKind = Literal["chat", "text"]
 _RETRY_STATUSES = frozenset({408, 409, 425, 429})
 #: Providers that LiteLLM serves through the OpenAI SDK, which accept our sized client.
 _OPENAI_SDK_PROVIDERS = frozenset({"openai", "text-completion-openai"})
+#: Key sent to an OpenAI-compatible ``api_base`` when none is configured or in the environment:
+#: local servers (vLLM, llama.cpp) ignore keys, but the OpenAI SDK sends no request without one.
+PLACEHOLDER_API_KEY = "EMPTY"
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -106,7 +117,7 @@ class LLMConfig:
 
     model: str  # any LiteLLM model string, e.g. "openai/gpt-4o-mini" or "openai/local"
     api_base: str | None = None  # endpoint URL, e.g. "http://127.0.0.1:8000/v1"
-    api_key: str | None = None  # key for the endpoint (None: LiteLLM's environment lookup)
+    api_key: str | None = None  # endpoint key (None: the environment's, else see _api_key)
     temperature: float | None = None  # sampling temperature (None: the server's default)
     max_tokens: int | None = None  # cap on generated tokens (None: the server's default)
     timeout_s: float = 60.0  # per request (LiteLLM's own default is 6,000 s with no retries)
@@ -353,7 +364,7 @@ class LLMClient:
         cfg = self.config
         kwargs: dict[str, Any] = {**request.params, "model": cfg.model, "timeout": cfg.timeout_s}
         kwargs |= {"num_retries": 0, "max_retries": 0}  # we retry, litellm must not
-        kwargs |= {"api_base": cfg.api_base, "api_key": cfg.api_key}
+        kwargs |= {"api_base": cfg.api_base, "api_key": self._api_key}
         kwargs["messages" if request.kind == "chat" else "prompt"] = request.payload
         if request.seed is not None:
             kwargs["seed"] = request.seed
@@ -386,7 +397,7 @@ class LLMClient:
         known; otherwise ``None`` and LiteLLM builds its own client.
         """
         provider, api_base = self._provider()
-        api_key = self.config.api_key or os.environ.get("OPENAI_API_KEY")
+        api_key = self._api_key or os.environ.get("OPENAI_API_KEY")
         if provider not in _OPENAI_SDK_PROVIDERS or not api_key:
             return None
         import httpx
@@ -399,6 +410,23 @@ class LLMClient:
         return openai.AsyncOpenAI(
             api_key=api_key, base_url=api_base, timeout=timeout, max_retries=0, http_client=http
         )
+
+    @functools.cached_property
+    def _api_key(self) -> str | None:
+        """The key sent with every call.
+
+        The configured key; else ``None`` (LiteLLM reads the provider's environment variable),
+        except for an OpenAI-compatible ``api_base`` with no ``OPENAI_API_KEY`` set, which gets
+        :data:`PLACEHOLDER_API_KEY`: without it every call to a keyless local server would fail
+        with "Missing credentials".
+        """
+        if self.config.api_key:
+            return self.config.api_key
+        provider, _ = self._provider()
+        keyless_local = self.config.api_base and provider in _OPENAI_SDK_PROVIDERS
+        if keyless_local and not os.environ.get("OPENAI_API_KEY"):
+            return PLACEHOLDER_API_KEY
+        return None
 
     def _provider(self) -> tuple[str | None, str | None]:
         try:
