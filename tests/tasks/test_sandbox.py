@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from tests.tasks.conftest import REPO_ROOT, canonical_reply, humaneval_intent, reply_with
+from tests.tasks.conftest import (
+    ANSWER_KEY_PROBE,
+    REPO_ROOT,
+    canonical_reply,
+    humaneval_intent,
+    reply_with,
+)
 from userlm_env.errors import SandboxUnavailableError
 from userlm_env.tasks.code import CodeTask
 from userlm_env.tasks.sandbox import Program, Sandbox, SandboxConfig, judge, launch, wire, worker
@@ -275,19 +281,7 @@ def test_unshare_layer_runs_and_contains(problems: Problems) -> None:
 @pytest.mark.sandbox
 def test_control_visible_answer_key_would_be_exploited(problems: Problems) -> None:
     """Without hiding the dataset the answer-key hack works: that test can fail."""
-    module = """
-    import glob, gzip, json, sys
-    SOLUTION = None
-    for base in sys.path:
-        for path in glob.glob(base + "/**/HumanEval.jsonl.gz", recursive=True):
-            for line in gzip.open(path, "rt"):
-                record = json.loads(line)
-                if record["task_id"] == "HumanEval/0":
-                    scope = {}
-                    exec(record["prompt"] + record["canonical_solution"], scope)
-                    SOLUTION = scope["has_close_elements"]
-    """
-    reply = reply_with("return SOLUTION(numbers, threshold)", module=module)
+    reply = reply_with("return SOLUTION(numbers, threshold)", module=ANSWER_KEY_PROBE)
     intent = humaneval_intent(problems["HumanEval/0"])
     exposed = CodeTask(SandboxConfig(hidden_packages=(), workers=1))
     hidden = CodeTask(SandboxConfig(workers=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.tasks.conftest import REPO_ROOT, canonical_reply, humaneval_intent, reply_with
+from tests.tasks.conftest import (
+    ANSWER_KEY_PROBE,
+    REPO_ROOT,
+    canonical_reply,
+    humaneval_intent,
+    reply_with,
+)
 from userlm_env.tasks.code import CodeTask
 from userlm_env.tasks.sandbox import SandboxConfig
 from userlm_env.types import Intent, Score
@@ -172,24 +179,15 @@ def test_tampering_with_the_harness_does_not_pass(hostile: Any) -> None:
 
 def test_reading_the_tests_or_answer_key_does_not_pass(hostile: Any) -> None:
     # Would pass if the test text or the dataset's canonical solution were reachable.
-    module = """
-    import gc, glob, gzip, json, re
+    test_text_scan = """
+    import gc, re
     TEXTS = [o for o in gc.get_objects() if isinstance(o, str) and "def check(" in o]
     EXPECTED = {}
     for text in TEXTS:
         for args, want in re.findall(r"candidate\\((.*)\\) == (True|False)", text):
             EXPECTED[args.replace(" ", "")] = want == "True"
-    SOLUTION = None
-    PATTERN = "/**/HumanEval.jsonl.gz"
-    FOUND = [p for base in sys.path for p in glob.glob(base + PATTERN, recursive=True)]
-    for path in FOUND:
-        for line in gzip.open(path, "rt"):
-            record = json.loads(line)
-            if record["task_id"] == "HumanEval/0":
-                scope = {}
-                exec(record["prompt"] + record["canonical_solution"], scope)
-                SOLUTION = scope["has_close_elements"]
     """
+    module = textwrap.dedent(test_text_scan) + ANSWER_KEY_PROBE
     body = """
     if SOLUTION is not None:
         return SOLUTION(numbers, threshold)
