@@ -1,7 +1,8 @@
 """Assistants: the policies a userlm-env environment evaluates or trains.
 
-An assistant answers a batch of conversations at once and keeps no state between calls.
-Build one by name with :func:`make_assistant`:
+An assistant (:class:`userlm_env.protocols.Assistant`, re-exported here) answers a batch of
+conversations at once, from their messages alone, and keeps no state between calls. Build one by
+name with :func:`make_assistant`:
 
 * ``"oracle"``, ``"wrong"``, ``"echo"``: scripted (:mod:`assistants.scripted`).
 * ``"litellm"``: any LiteLLM model string (:mod:`assistants.litellm`).
@@ -10,22 +11,13 @@ Build one by name with :func:`make_assistant`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from userlm_env.protocols import Assistant
 from userlm_env.registry import Registry
-from userlm_env.types import ConversationState
+from userlm_env.types import AssistantReply
 
-__all__ = ["ASSISTANTS", "Assistant", "make_assistant"]
-
-
-@runtime_checkable
-class Assistant(Protocol):
-    """Produces the next assistant reply of each conversation in a batch."""
-
-    def respond(self, states: Sequence[ConversationState]) -> list[str]:
-        """Return one reply per state; ``states[i].messages`` ends with a user message."""
-        ...
+__all__ = ["ASSISTANTS", "Assistant", "AssistantReply", "make_assistant"]
 
 
 ASSISTANTS: Registry[Assistant] = Registry("assistant")

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from userlm_env.llm import LLMClient, LLMConfig, LLMResult
-from userlm_env.types import ConversationState, Message
+from userlm_env.types import AssistantReply, Message
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "LiteLLMAssistant", "conversation_for_assistant"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "LiteLLMAssistant", "with_system_prompt"]
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. When you solve a math problem, end with the final number. "
@@ -21,24 +21,18 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-def conversation_for_assistant(
-    state: ConversationState, system_prompt: str | None
-) -> list[Message]:
-    """The messages an assistant sees: its system prompt, then the user/assistant turns.
-
-    The intent and its shards are never shown: the assistant only learns what the user says.
-    """
+def with_system_prompt(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:
+    """The messages sent to the model: the assistant's system prompt, then the conversation."""
     head: list[Message] = [Message(role="system", content=system_prompt)] if system_prompt else []
-    return head + [Message(role=m["role"], content=m["content"]) for m in state.messages]
+    return head + [Message(role=m["role"], content=m["content"]) for m in messages]
 
 
 class LiteLLMAssistant:
     """Replies through LiteLLM; a batch of conversations becomes concurrent requests.
 
     A request that still fails after its retries does not fail the batch: its row of
-    :meth:`respond` holds the :class:`~userlm_env.errors.LLMCallError` instead of a string
-    (the rollout records that episode as failed). ``last_costs`` holds the USD cost of each row
-    of the latest batch (``None`` when unknown or failed).
+    :meth:`respond` carries the error (the rollout records that episode as failed). Each reply
+    carries its USD cost (``None`` when the model is unpriced).
 
     Args:
         model: Any LiteLLM model string (``"gpt-4o"``, ``"openai/<name>"`` with ``api_base``...).
@@ -81,12 +75,25 @@ class LiteLLMAssistant:
                 extra=dict(extra or {}),
             )
         )
-        self.last_costs: list[float | None] = []
 
-    def respond(self, states: Sequence[ConversationState]) -> list[Any]:
-        """One reply (or the row's ``LLMCallError``) per state."""
-        conversations = [conversation_for_assistant(s, self.system_prompt) for s in states]
-        seeds = [s.turn_seed() for s in states]
-        results = self.client.chat_many(conversations, seeds=seeds, return_exceptions=True)
-        self.last_costs = [r.cost if isinstance(r, LLMResult) else None for r in results]
-        return [r.text if isinstance(r, LLMResult) else r for r in results]
+    def respond(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        intent_ids: Sequence[str] | None = None,
+        seeds: Sequence[int | None] | None = None,
+    ) -> list[AssistantReply]:
+        """One reply per conversation (a failed request: its error, in its row).
+
+        ``seeds`` go with the requests (providers that accept a seed reproduce a run);
+        ``intent_ids`` are not used.
+        """
+        prompts = [with_system_prompt(c, self.system_prompt) for c in conversations]
+        results = self.client.chat_many(prompts, seeds=seeds, return_exceptions=True)
+        return [_reply(result) for result in results]
+
+
+def _reply(result: LLMResult | BaseException) -> AssistantReply:
+    if isinstance(result, LLMResult):
+        return AssistantReply(result.text, cost=result.cost)
+    return AssistantReply.failed(result)

@@ -37,7 +37,7 @@ from userlm_env.env import load_env_intents
 from userlm_env.rollout import make_jobs, run_episodes
 
 EPISODES_PER_TASK = 8
-MAX_TURNS = 3
+MAX_REPLIES = 3
 MAX_TOKENS = 24
 
 
@@ -51,7 +51,7 @@ def episodes_per_second(api_base: str, concurrency: int) -> float:
         "openai/local", api_base=api_base, api_key="sk-bench", max_tokens=MAX_TOKENS,
         temperature=0.0, concurrency=concurrency, timeout_s=120,
     )  # fmt: skip
-    core = ConversationCore(ShardedSimulator(), max_turns=MAX_TURNS)
+    core = ConversationCore(ShardedSimulator(), max_replies=MAX_REPLIES)
     jobs = make_jobs(intents, 1, seed=0)
     start = time.perf_counter()
     records = run_episodes(jobs, core, assistant, batch_size=len(jobs))

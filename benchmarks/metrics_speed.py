@@ -143,7 +143,7 @@ def by_intent_sets(
 ) -> list[list[frozenset[str]]]:
     """The unigram sets grouped by intent, in the suite's grouping order."""
     episodes = [
-        SimulatedEpisode(intent.task_id, intent.task, 0, False, words, {})
+        SimulatedEpisode(intent.intent_id, intent.task, 0, False, words, {})
         for (intent, _), words in zip(work, sets, strict=True)
     ]
     return [[e.words for e in group] for group in by_intent(episodes).values()]

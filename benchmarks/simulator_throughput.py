@@ -308,8 +308,8 @@ def check_same_intents(setup: Setup) -> None:
     """The raw variant's intents must be the ones the envs drew."""
     env = ConversationVectorEnv(CONVERSATIONS, simulator="sharded", intents=setup.intents)
     env.reset(seed=SEED)
-    drawn = [state.intent.task_id for state in env.states if state is not None]
-    mirrored = [env_draw(setup.intents, SEED + i).task_id for i in range(CONVERSATIONS)]
+    drawn = [state.intent.intent_id for state in env.states if state is not None]
+    mirrored = [env_draw(setup.intents, SEED + i).intent_id for i in range(CONVERSATIONS)]
     if drawn != mirrored:
         raise RuntimeError("the raw variant's intents differ from the env's: update env_draw")
 

@@ -1,34 +1,51 @@
-"""What the ``simulate`` and ``score`` entry points share: run the episodes still missing.
+"""What the ``simulate`` and ``score`` entry points share: run the episodes still missing, then
+print the score table and report failures.
 
 A run folder's ``results.jsonl`` holds one record per finished episode, appended (and fsynced)
 as each one ends. Re-running into the same folder runs only the episodes without a successful
 record: finished ones are skipped, failed ones run again, and readers keep the last record of
-each episode key (:func:`userlm_env.summary.latest_by_key`).
+each episode key (:func:`userlm_env.records.latest_by_key`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from userlm_env.core import ConversationCore
-from userlm_env.rollout import JsonlWriter, first_per_task, make_jobs, read_records, run_episodes
-from userlm_env.summary import latest_by_key
+from userlm_env.metrics.suite import format_table, score_rows
+from userlm_env.records import JsonlWriter, latest_by_key, read_records
+from userlm_env.rollout import first_per_task, make_jobs, run_episodes
+from userlm_env.types import Intent
 
-__all__ = ["EpisodePlan", "run_missing_episodes"]
+__all__ = [
+    "EXIT_FAILURES",
+    "EpisodePlan",
+    "common_error",
+    "give_intents",
+    "report_run",
+    "run_missing_episodes",
+]
 
 log = logging.getLogger(__name__)
+
+#: Exit status of ``simulate`` and ``score`` when some episodes failed (after retries).
+EXIT_FAILURES = 3
 
 
 @dataclass(frozen=True)
 class EpisodePlan:
     """How many of the configured episodes this call ran, and how many were already done."""
 
-    intents: int  # intents selected by the task config
+    intents: int  # intents selected by the intents config
     ran: int  # episodes run now (new ones and retries of failed ones)
     already_finished: int  # episodes with a successful record from an earlier run
 
@@ -36,21 +53,51 @@ class EpisodePlan:
 def run_missing_episodes(cfg: DictConfig, results: Path) -> EpisodePlan:
     """Run the episodes of ``cfg`` that have no successful record in ``results``.
 
-    ``cfg`` holds the ``task``, ``simulator`` and ``assistant`` configs to instantiate, and
-    ``n_per_intent``, ``max_intents_per_task``, ``seed``, ``max_turns`` and ``batch_size``. The
-    simulator and assistant are built only when something is left to run.
+    ``cfg`` holds the ``intents``, ``simulator`` and ``assistant`` configs to instantiate, and
+    ``n_per_intent``, ``max_intents_per_task``, ``seed``, ``max_replies`` and ``batch_size``.
+    The simulator and assistant are built only when something is left to run.
     """
     finished = {r["key"] for r in latest_by_key(read_records(results)) if not r.get("error")}
-    intents = first_per_task(instantiate(cfg.task), cfg.max_intents_per_task)
+    intents = first_per_task(instantiate(cfg.intents), cfg.max_intents_per_task)
     jobs = [j for j in make_jobs(intents, cfg.n_per_intent, cfg.seed) if j.key not in finished]
-    log.info(
-        "%d intents, %d episodes to run (%d already finished)",
-        len(intents),
-        len(jobs),
-        len(finished),
-    )
+    log.info("%d intents, %d episodes to run (%d finished)", len(intents), len(jobs), len(finished))
     if jobs:
-        core = ConversationCore(instantiate(cfg.simulator), max_turns=cfg.max_turns)
-        assistant = instantiate(cfg.assistant)
+        core = ConversationCore(instantiate(cfg.simulator), max_replies=cfg.max_replies)
+        assistant = give_intents(instantiate(cfg.assistant), intents)
         run_episodes(jobs, core, assistant, batch_size=cfg.batch_size, on_done=JsonlWriter(results))
     return EpisodePlan(intents=len(intents), ran=len(jobs), already_finished=len(finished))
+
+
+def give_intents(assistant: Any, intents: Iterable[Intent]) -> Any:
+    """Hand the intents to a scripted assistant that keeps an answer key (``learn``)."""
+    learn = getattr(assistant, "learn", None)
+    if callable(learn):
+        learn(intents)
+    return assistant
+
+
+def report_run(results: Path, table_file: Path) -> list[dict[str, Any]]:
+    """Print and write the score table of ``results``; exit with :data:`EXIT_FAILURES` and
+    the most common error when episodes failed."""
+    records = read_records(results)
+    rows = score_rows(records)
+    table = format_table(rows)
+    table_file.write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(f"\nresults: {results}")
+    failed = rows[-1]["failed"] if rows else 0
+    if failed:
+        print(f"{failed} episode(s) failed; re-run the same command to retry them", file=sys.stderr)
+        print(common_error(records), file=sys.stderr)
+        sys.exit(EXIT_FAILURES)
+    return rows
+
+
+def common_error(records: Iterable[Mapping[str, Any]], limit: int = 400) -> str:
+    """The most frequent error among the episodes that failed last, with its count."""
+    errors = Counter(str(r["error"]) for r in latest_by_key(records) if r.get("error"))
+    if not errors:
+        return "no failed episode"
+    error, count = errors.most_common(1)[0]
+    text = error if len(error) <= limit else error[:limit] + "..."
+    return f"most common error ({count} of {sum(errors.values())}): {text}"

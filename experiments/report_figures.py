@@ -55,7 +55,7 @@ def _turns(groups: Groups, path: Path) -> Path:
     plt = _pyplot()
     keys = list(groups)
     figure, axes = plt.subplots(figsize=(max(5.0, 1.6 * len(keys)), 3.6))
-    axes.boxplot([[s.episode.turns for s in groups[k]] or [0] for k in keys], showmeans=True)
+    axes.boxplot([[s.episode.user_turns for s in groups[k]] or [0] for k in keys], showmeans=True)
     axes.set_xticks(range(1, len(keys) + 1), [_name(k) for k in keys], fontsize=8)
     axes.set_ylabel("user turns per conversation")
     axes.set_title("Turns per conversation")
@@ -64,7 +64,7 @@ def _turns(groups: Groups, path: Path) -> Path:
 
 def _coverage(groups: Groups, path: Path) -> Path:
     plt = _pyplot()
-    longest = max((s.episode.turns for sims in groups.values() for s in sims), default=1)
+    longest = max((s.episode.user_turns for sims in groups.values() for s in sims), default=1)
     figure, axes = plt.subplots(figsize=(6.4, 3.8))
     for key, sims in groups.items():
         curve = coverage_curve([s.view for s in sims], max(longest, 1))

@@ -111,7 +111,7 @@ def _simulation(sim: Simulation) -> str:
     status = "solved" if sim.episode.solved else "not solved"
     end = sim.record.get("termination_reason") or "?"
     header = (
-        f"#{_e(sim.record.get('repeat', '?'))} · {sim.episode.turns} turns · {status} · "
+        f"#{_e(sim.record.get('repeat', '?'))} · {sim.episode.user_turns} user turns · {status} · "
         f"coverage {100 * metrics['intent_coverage']:.0f}% · {_e(end)}"
     )
     footer = "".join(flags) or '<span class="flag ok">no flags</span>'
@@ -149,7 +149,7 @@ def _by_intent(groups: Groups) -> dict[str, dict[str, list[Simulation]]]:
     table: dict[str, dict[str, list[Simulation]]] = defaultdict(lambda: defaultdict(list))
     for (simulator, _), sims in groups.items():
         for sim in sims:
-            table[sim.view.intent.task_id][simulator].append(sim)
+            table[sim.view.intent.intent_id][simulator].append(sim)
     return {k: dict(v) for k, v in table.items()}
 
 

@@ -38,7 +38,7 @@ class RLConfig:
 
     env_id: str = "userlm_env/GSMSymbolic-v0"  # any registered userlm_env id
     num_envs: int = 4  # conversations sampled in parallel
-    max_turns: int = 3  # assistant replies per episode
+    max_replies: int = 3  # assistant replies per episode
     updates: int = 20  # policy-gradient updates
     steps_per_update: int = 2  # vector-env steps collected per update
     max_new_tokens: int = 96  # longest reply, in tokens
@@ -86,17 +86,18 @@ def _attempted(info: dict[str, Any]) -> Any:
     return np.where(ended, final, info["attempted"])
 
 
-def collect(env: Any, info: dict[str, Any], policy: Any, tokenizer: Any, cfg: RLConfig) -> tuple:
-    """Play ``steps_per_update`` env steps: the steps, env rewards, shaped rewards, ends, info."""
+def collect(env: Any, observations: Any, policy: Any, tokenizer: Any, cfg: RLConfig) -> tuple:
+    """Play ``steps_per_update`` env steps from ``observations`` (each the conversation so
+    far): the steps, env rewards, shaped rewards, ends and the last observations."""
     steps, rewards, shaped, dones = [], [], [], []
     for _ in range(cfg.steps_per_update):
-        step = act(policy, tokenizer, list(info["messages"]), cfg)
-        _, reward, terminated, truncated, info = env.step(step["texts"])
+        step = act(policy, tokenizer, [list(chat) for chat in observations], cfg)
+        observations, reward, terminated, truncated, info = env.step(step["texts"])
         steps.append(step)
         rewards.append(reward.tolist())
         shaped.append((reward + cfg.attempt_bonus * _attempted(info)).tolist())
         dones.append((terminated | truncated).tolist())
-    return steps, rewards, shaped, dones, info
+    return steps, rewards, shaped, dones, observations
 
 
 def train(cfg: RLConfig) -> list[dict[str, float]]:
@@ -109,12 +110,14 @@ def train(cfg: RLConfig) -> list[dict[str, float]]:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, fused=True)
     env = gym.make_vec(
         cfg.env_id, num_envs=cfg.num_envs, vectorization_mode="vector_entry_point",
-        simulator="sharded", max_turns=cfg.max_turns,
+        simulator="sharded", max_replies=cfg.max_replies, observation_mode="conversation",
     )  # fmt: skip
-    _, info = env.reset(seed=cfg.seed)
+    observations, _ = env.reset(seed=cfg.seed)
     baseline, history = 0.0, []
     for update in range(cfg.updates):
-        steps, rewards, shaped, dones, info = collect(env, info, policy, tokenizer, cfg)
+        steps, rewards, shaped, dones, observations = collect(
+            env, observations, policy, tokenizer, cfg
+        )
         returns = torch.tensor(returns_to_go(shaped, dones), device=policy.device)
         loss = policy_loss(policy, steps, returns, baseline, cfg.temperature)
         optimizer.zero_grad()

@@ -1,44 +1,41 @@
-"""Main job: simulate conversations (simulator x assistant x task) and print a summary table.
+"""Main job: simulate conversations (simulator x assistant x intents) and print the score table.
 
     python -m experiments.simulate                                   # offline defaults
-    python -m experiments.simulate simulator=userlm_embedded task=humaneval n_per_intent=4
-    python -m experiments.simulate -m simulator=sharded,userlm_embedded task=gsm_symbolic,humaneval
+    python -m experiments.simulate simulator=userlm_embedded intents=humaneval n_per_intent=4
+    python -m experiments.simulate -m simulator=sharded,userlm_embedded \\
+        intents=gsm_symbolic,humaneval
 
 Every finished conversation is appended to ``<run dir>/results.jsonl`` as it completes; re-running
-into the same folder runs only the missing and failed ones (:mod:`experiments.episodes`).
+into the same folder runs only the missing and failed ones (:mod:`experiments.episodes`). The
+exit status is 3 when episodes failed, and the most common error is printed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.episodes import run_missing_episodes
+from experiments.episodes import report_run, run_missing_episodes
 from experiments.run_info import write_run_info
-from userlm_env.rollout import read_records
-from userlm_env.summary import format_table, latest_by_key, summarize
 
 
-def simulate(cfg: DictConfig, out_dir: Path) -> str:
-    """Run the configured episodes still missing from the results file; return the table."""
+def simulate(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Run the configured episodes still missing from the results file; return the table rows."""
     results = out_dir / cfg.results_file
     run_missing_episodes(cfg, results)
-    table = format_table(summarize(latest_by_key(read_records(results))))
-    (out_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
-    return table
+    return report_run(results, out_dir / "summary.md")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """Hydra entry point; exits with status 3 when episodes failed."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     write_run_info(out_dir)
-    table = simulate(cfg, out_dir)
-    print(table)
-    print(f"\nresults: {out_dir / cfg.results_file}")
+    simulate(cfg, out_dir)
 
 
 if __name__ == "__main__":

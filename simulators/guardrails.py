@@ -1,18 +1,19 @@
 """Generation guardrails for User LM simulators (paper appendix D.1).
 
-Two kinds of pieces live here:
+Three kinds of pieces live here:
 
 * Pure text checks, reusable by any backend (in-process or behind a server): word counting,
   verbatim-repeat detection, banned first words, and :class:`TurnChecks`, which combines them
   and names the first rule a candidate turn breaks.
 * Token choices from a tokenizer: :func:`first_token_ids` (what to ban so a word cannot open a
   turn) and :func:`end_ban_token_ids` (what to ban so the end marker cannot start), used by the
-  in-process and the server simulators alike.
-* Logits processors for Hugging Face ``generate``: :class:`BanFirstTokens` (no "I" / "You" /
-  "Here" opening), :class:`SuppressTokens` (forbid the end marker) and :class:`TokenSequenceBias`
-  (a text -> bias hook); and one stopping criterion, :class:`WordLimitStop`, which stops a row
-  as soon as it is sure to be too long. They are plain callables, which ``LogitsProcessorList``
-  and ``StoppingCriteriaList`` accept, so importing this module does not import torch.
+  in-process and the server simulators alike. In process, the bans are transformers' own
+  ``GenerationConfig(begin_suppress_tokens=..., suppress_tokens=...)``.
+* The hooks for Hugging Face ``generate`` that transformers has no equivalent of: the logits
+  processor :class:`TokenSequenceBias` (a text -> bias hook that can spell out a multi-token
+  text) and the stopping criterion :class:`WordLimitStop`, which stops a row as soon as it is
+  sure to be too long. They are plain callables, which ``LogitsProcessorList`` and
+  ``StoppingCriteriaList`` accept, so importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "BanFirstTokens",
-    "SuppressTokens",
     "TokenSequenceBias",
     "TurnChecks",
     "WordLimitStop",
@@ -100,7 +99,7 @@ class TurnChecks:
         return None
 
 
-# --- logits processors ------------------------------------------------------------------------
+# --- token choices ----------------------------------------------------------------------------
 
 
 def word_variants(words: Iterable[str]) -> list[str]:
@@ -132,37 +131,7 @@ def end_ban_token_ids(tokenizer: Any, end_marker: str) -> list[int]:
     return first_token_ids(tokenizer, [end_marker, " " + end_marker])
 
 
-class BanFirstTokens:
-    """Set the logits of ``token_ids`` to -inf at the first generated position only.
-
-    ``prompt_length`` is the (left-padded) input length; the first generated position is the
-    step at which ``input_ids`` has exactly that many columns.
-    """
-
-    def __init__(self, token_ids: Sequence[int], prompt_length: int) -> None:
-        self.token_ids = list(token_ids)
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if input_ids.shape[1] != self.prompt_length or not self.token_ids:
-            return scores
-        scores = scores.clone()
-        scores[:, self.token_ids] = float("-inf")
-        return scores
-
-
-class SuppressTokens:
-    """Set the logits of ``token_ids`` to -inf at every step (e.g. the end marker)."""
-
-    def __init__(self, token_ids: Sequence[int]) -> None:
-        self.token_ids = list(token_ids)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if not self.token_ids:
-            return scores
-        scores = scores.clone()
-        scores[:, self.token_ids] = float("-inf")
-        return scores
+# --- generate hooks transformers lacks --------------------------------------------------------
 
 
 class TokenSequenceBias:
@@ -172,6 +141,9 @@ class TokenSequenceBias:
     so far is found (the empty prefix always matches) and ``bias`` is added to the token that
     follows it. A large positive bias thus spells out a multi-token text such as an end marker
     that is not a single token; a negative bias discourages its first token.
+
+    Kept instead of transformers' ``sequence_bias``, which biases only the last token of a
+    sequence once all the tokens before it were generated, so it cannot start a multi-token text.
     """
 
     def __init__(self, sequences: Sequence[tuple[Sequence[int], float]]) -> None:
@@ -198,7 +170,8 @@ class WordLimitStop:
     """Stopping criterion: a row is done once its generated text has more than ``max_words``.
 
     Appending tokens never lowers :func:`count_words`, so such a row would be rejected as too
-    long whatever followed; stopping it early lets the batch finish sooner.
+    long whatever followed; stopping it early lets the batch finish sooner. Transformers limits
+    tokens (``max_new_tokens``), not words, hence this criterion.
     """
 
     def __init__(self, tokenizer: Any, prompt_length: int, max_words: int) -> None:

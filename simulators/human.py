@@ -72,10 +72,10 @@ class HumanSimulator:
             return UserTurn(text, metadata={"source": "human"})
 
     def _show(self, state: ConversationState, index: int, total: int) -> None:
-        header = f"conversation {index + 1}/{total}: {state.intent.task_id}" if total > 1 else ""
+        header = f"conversation {index + 1}/{total}: {state.intent.intent_id}" if total > 1 else ""
         if not state.messages:
             self._write(_RULE)
-            self._write(header or f"conversation: {state.intent.task_id}")
+            self._write(header or f"conversation: {state.intent.intent_id}")
             self._write(f"Your goal (as the user):\n{state.intent.instruction}")
             self._write("Reveal it bit by bit, as a real user would. /help for commands.")
             self._write(_RULE)

@@ -28,13 +28,17 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simulators.sampling import row_seed
 from userlm_env.core import SimulatorError
 from userlm_env.errors import UnknownNameError
 from userlm_env.llm import LLMClient, LLMConfig
 from userlm_env.types import END_MARKER, ConversationState, Message, UserTurn
+
+if TYPE_CHECKING:  # torch-free at import: the HF backend imports its pieces at first use
+    from userlm_env.generation import Sampling
+    from userlm_env.models import LoadedModel
 
 __all__ = ["PromptedConfig", "PromptedSimulator", "clean_output", "role_play_prompt"]
 
@@ -158,7 +162,7 @@ class PromptedSimulator:
             return row.turn
         raise SimulatorError(
             f"prompted simulator {self.model!r} gave no usable user turn for "
-            f"{row.state.intent.task_id!r} in {row.tries} tries (last output: {row.raw!r:.200})"
+            f"{row.state.intent.intent_id!r} in {row.tries} tries (last output: {row.raw!r:.200})"
         )
 
 
@@ -230,16 +234,17 @@ class _LiteLLMBackend:
 class _HFBackend:
     """Batched, per-row seeded ``generate`` of a local chat model (left padding).
 
-    The model is loaded at the first ``generate``, not when the backend is built.
+    The model is loaded at the first ``generate``, not when the backend is built; generation
+    goes through :func:`userlm_env.generation.generate_rows`.
     """
 
     def __init__(self, model: str, config: PromptedConfig) -> None:
         self.model_name = model
         self.config = config
-        self._loaded: Any = None
+        self._loaded: LoadedModel | None = None
 
     @property
-    def loaded(self) -> Any:
+    def loaded(self) -> LoadedModel:
         """The :class:`~userlm_env.models.LoadedModel`, loaded on first access.
 
         Raises:
@@ -249,34 +254,25 @@ class _HFBackend:
             from userlm_env.models import load_model
 
             cfg = self.config
-            loaded = load_model(self.model_name, dtype=cfg.dtype, device=cfg.device)
-            if loaded.tokenizer.pad_token_id is None:
-                loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
-            self._loaded = loaded
+            self._loaded = load_model(self.model_name, dtype=cfg.dtype, device=cfg.device)
         return self._loaded
 
     def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
-        size = self.config.batch_size
-        chunks = [slice(at, at + size) for at in range(0, len(conversations), size)]
-        return [out for c in chunks for out in self._generate_chunk(conversations[c], seeds[c])]
+        from userlm_env.generation import generate_rows
 
-    def _generate_chunk(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
-        import torch
-        from transformers import LogitsProcessorList
-
-        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        tokenizer = self.loaded.tokenizer
         prompts = [
             tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
             for c in conversations
         ]
-        options = {"padding": True, "padding_side": "left", "add_special_tokens": False}
-        batch = tokenizer(prompts, return_tensors="pt", **options).to(model.device)
-        length = batch["input_ids"].shape[1]
-        settings = {"generation_config": self._generation_config()}
-        with torch.inference_mode():
-            processors = LogitsProcessorList(self._sampler(seeds))
-            output = model.generate(**batch, **settings, logits_processor=processors)
-        return [tokenizer.decode(row[length:], skip_special_tokens=True) for row in output]
+        rows = generate_rows(
+            self.loaded,
+            prompts,
+            generation_config=self._generation_config(),
+            sampling=self._sampling(seeds),
+            batch_size=self.config.batch_size,
+        )
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in rows]
 
     def _generation_config(self) -> Any:
         from transformers import GenerationConfig
@@ -285,16 +281,17 @@ class _HFBackend:
 
         return GenerationConfig(
             max_new_tokens=self.config.max_tokens,
-            do_sample=False,  # the seeded sampler below draws the tokens
+            do_sample=False,  # the seeded sampler draws the tokens
             eos_token_id=end_of_turn_token_ids(self.loaded.tokenizer),  # EOS, <|im_end|> ...
             pad_token_id=self.loaded.tokenizer.pad_token_id,
         )
 
-    def _sampler(self, seeds: list[int]) -> list[Any]:
-        from simulators.userlm import SeededSampler
+    def _sampling(self, seeds: list[int]) -> Sampling | None:
+        """Per-row seeded sampling, or ``None`` (greedy) at temperature 0."""
+        from userlm_env.generation import Sampling
 
         cfg = self.config
-        return [SeededSampler(seeds, cfg.temperature, cfg.top_p or 1.0)] if cfg.temperature else []
+        return Sampling(seeds, cfg.temperature, cfg.top_p or 1.0) if cfg.temperature else None
 
 
 #: Backend name -> class with ``generate(conversations, seeds) -> list[str]``.

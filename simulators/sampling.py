@@ -6,10 +6,10 @@ Both User LM simulators (in-process :mod:`simulators.userlm`, server-backed
 * :class:`UserLMBaseConfig` holds the sampling settings and the guardrails (paper appendix D.1);
   :class:`UserLMConfig` adds the in-process fields (``batch_size``, ``dtype``, ``device``), and
   the server config adds its connection fields to the base.
-* :func:`judge` turns one raw generation into a :class:`Candidate`: an end of the conversation,
+* :func:`vet` turns one raw generation into a :class:`Candidate`: an end of the conversation,
   or a text turn with the first guardrail it breaks (or none).
 * :func:`row_seed` gives each conversation and try its own sampling seed.
-* :func:`respond_with_retries` is the retry loop: generate for every row, judge, and generate
+* :func:`respond_with_retries` is the retry loop: generate for every row, vet, and generate
   again for the rejected rows only, up to ``config.tries`` generations per row. A row still
   failing returns its last non-empty candidate with ``metadata["guardrail_failed"]``; a row
   whose every candidate was empty (or a forbidden end) raises
@@ -37,7 +37,7 @@ __all__ = [
     "Generation",
     "UserLMBaseConfig",
     "UserLMConfig",
-    "judge",
+    "vet",
     "respond_with_retries",
     "row_seed",
     "with_overrides",
@@ -123,7 +123,7 @@ class Candidate:
         )
 
 
-def judge(
+def vet(
     raw: str,
     earlier: Sequence[str],
     config: UserLMBaseConfig,
@@ -186,7 +186,7 @@ class _Row:
             return self.result
         if self.last is None:
             raise LLMCallError(
-                f"{source} produced no usable text for {self.state.intent.task_id!r} in "
+                f"{source} produced no usable text for {self.state.intent.intent_id!r} in "
                 f"{self.tries} tries (every candidate was empty or a forbidden end marker)",
                 attempts=self.tries,
             )
@@ -205,7 +205,7 @@ def respond_with_retries(
     Args:
         states: The conversations, each ending with an assistant message or empty.
         generate: The backend; it is called once per try with the rows still pending.
-        config: Guardrails (through :func:`judge`) and ``tries``.
+        config: Guardrails (through :func:`vet`) and ``tries``.
         source: Who generates, for the error message.
     """
     rows = [_Row(state, earlier_texts(state)) for state in states]
@@ -215,7 +215,7 @@ def respond_with_retries(
             break
         generations = generate([row.state for row in pending], attempt)
         for row, gen in zip(pending, generations, strict=True):
-            row.settle(judge(gen.text, row.earlier, config, truncated=gen.truncated))
+            row.settle(vet(gen.text, row.earlier, config, truncated=gen.truncated))
     return [row.finish(source) for row in rows]
 
 

@@ -5,7 +5,7 @@
 LiteLLM wrapper (:class:`userlm_env.llm.LLMClient`), so the model can live on a GPU box (vLLM) or
 a CPU server (llama.cpp). It shares the in-process simulator's sampling and guardrail settings
 (:class:`UserLMServerConfig` extends :class:`simulators.sampling.UserLMBaseConfig`), its verdict
-(:func:`simulators.sampling.judge`) and its retry loop
+(:func:`simulators.sampling.vet`) and its retry loop
 (:func:`simulators.sampling.respond_with_retries`), so both reject, retry and end turns the same
 way. Neither this module nor building the simulator imports torch or loads the tokenizer: it is
 loaded (:func:`userlm_env.models.load_tokenizer`) at first use, ``respond`` or ``prompt``.
@@ -62,7 +62,7 @@ from simulators.sampling import (
     Candidate,
     Generation,
     UserLMBaseConfig,
-    judge,
+    vet,
     respond_with_retries,
     row_seed,
     with_overrides,
@@ -195,7 +195,7 @@ def parse_completion(
 ) -> Candidate:
     """Judge one server completion: end marker, guardrails, and cut-off at ``max_tokens``."""
     generation = _generation(result)
-    return judge(generation.text, earlier, config, truncated=generation.truncated)
+    return vet(generation.text, earlier, config, truncated=generation.truncated)
 
 
 def _generation(result: LLMResult) -> Generation:

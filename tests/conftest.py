@@ -40,7 +40,7 @@ def apples_intent() -> Intent:
     """A small hand-written math intent with three required shards and one optional."""
     return Intent(
         task="gsm8k",
-        task_id="toy/apples",
+        intent_id="toy/apples",
         instruction="Sam has 12 apples and buys 7 more, then gives 4 away. How many are left?",
         shards=(
             Shard(1, "How many apples does Sam have left?"),

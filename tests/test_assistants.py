@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import pytest
 
-from assistants.litellm import LiteLLMAssistant, conversation_for_assistant
+from assistants.litellm import LiteLLMAssistant, with_system_prompt
 from tests.fault_server import bad_request, running_fault_server
 from userlm_env import ConversationEnv
 from userlm_env.errors import LLMCallError
@@ -39,30 +42,36 @@ def test_labels_reach_step_info(apples_intent: Intent) -> None:
     assert env.step("The answer is 99.")[4]["reply_label"] == "answer_attempt"
 
 
-def test_assistant_never_sees_the_intent(apples_intent: Intent) -> None:
-    state = ConversationState(intent=apples_intent, seed=0)
-    state.messages.append({"role": "user", "content": "hi"})
-    messages = conversation_for_assistant(state, "be brief")
+def test_assistant_messages_are_its_system_prompt_then_the_conversation() -> None:
+    messages = with_system_prompt([{"role": "user", "content": "hi"}], "be brief")
     assert messages == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
     ]
-    assert all(apples_intent.instruction not in m["content"] for m in messages)
+    assert with_system_prompt([{"role": "user", "content": "hi"}], None) == messages[1:]
 
 
-def test_a_failed_row_fails_alone(apples_intent: Intent) -> None:
-    states = [ConversationState(intent=apples_intent, seed=s) for s in range(3)]
-    for state in states:
-        state.messages.append({"role": "user", "content": "how many apples are left?"})
+def test_assistant_interface_never_carries_the_intent() -> None:
+    from userlm_env.protocols import Assistant
+
+    signature = inspect.signature(Assistant.respond)
+    assert list(signature.parameters) == ["self", "conversations", "intent_ids", "seeds"]
+    hints = typing.get_type_hints(Assistant.respond)
+    assert "ConversationState" not in repr(hints) and "Intent" not in repr(hints["conversations"])
+
+
+def test_a_failed_row_fails_alone() -> None:
+    chats = [[{"role": "user", "content": "how many apples are left?"}] for _ in range(3)]
     with running_fault_server() as server:
         server.push([bad_request()])  # a 400 is never retried: exactly one row fails
         assistant = LiteLLMAssistant(
             "openai/local", api_base=server.api_base, api_key="k", concurrency=1
         )
-        replies = assistant.respond(states)
-    failed = [r for r in replies if isinstance(r, LLMCallError)]
-    assert len(failed) == 1 and sum(isinstance(r, str) and bool(r) for r in replies) == 2
-    assert len(assistant.last_costs) == 3
+        replies = assistant.respond(chats, seeds=[0, 1, 2])
+    failed = [r for r in replies if r.error is not None]
+    assert len(failed) == 1 and failed[0].error.startswith(LLMCallError.__name__)
+    assert failed[0].text == "" and failed[0].cost is None
+    assert sum(bool(r.text) and r.error is None for r in replies) == 2
 
 
 @pytest.mark.server

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import userlm_env
-from assistants.scripted import OracleAssistant, WrongAssistant
+from assistants.scripted import OracleAssistant, ScriptedAssistant, WrongAssistant
 from userlm_env import END_MARKER, ConversationEnv
+from userlm_env.observation import OBSERVATION_MODES
 from userlm_env.errors import EpisodeStateError, ReplyTooLongError, UnknownNameError
 from userlm_env.types import ConversationState, Intent, UserTurn
 
@@ -19,14 +21,17 @@ def _env(intents: list[Intent], **kwargs: object) -> ConversationEnv:
     return ConversationEnv(simulator="sharded", intents=intents, **kwargs)
 
 
-def _oracle_reply(env: ConversationEnv) -> str:
-    assert env.state is not None
-    return OracleAssistant().respond([env.state])[0]
+def _reply(assistant: ScriptedAssistant, info: dict[str, Any]) -> str:
+    """What a scripted assistant says to the conversation of ``info``."""
+    return assistant.respond([info["messages"]], intent_ids=[info["intent_id"]])[0].text
 
 
+@pytest.mark.parametrize("mode", OBSERVATION_MODES)
 @pytest.mark.parametrize("env_id", sorted(userlm_env.ENV_IDS))
-def test_check_env_passes_on_every_registered_id(env_id: str, gsm8k_path: Path) -> None:
-    kwargs: dict[str, object] = {"simulator": "sharded"}
+def test_check_env_passes_on_every_registered_id(
+    env_id: str, mode: str, gsm8k_path: Path
+) -> None:
+    kwargs: dict[str, object] = {"simulator": "sharded", "observation_mode": mode}
     if env_id == "userlm_env/GSM8k-v0":
         kwargs["data_path"] = str(gsm8k_path)
     env = gym.make(env_id, **kwargs)
@@ -34,15 +39,51 @@ def test_check_env_passes_on_every_registered_id(env_id: str, gsm8k_path: Path) 
     env.close()
 
 
+def test_conversation_mode_observes_every_message_and_never_the_intent(
+    apples_intent: Intent,
+) -> None:
+    env = _env([apples_intent], observation_mode="conversation")
+    obs, info = env.reset(seed=0)
+    assert obs == ({"role": "user", "content": apples_intent.shards[0].text},)
+    assert env.observation_space.contains(obs)
+    obs, *_ = env.step("What else?")
+    assert [m["role"] for m in obs] == ["user", "assistant", "user"]
+    assert obs[1]["content"] == "What else?" and env.observation_space.contains(obs)
+    shown = repr(obs)
+    assert apples_intent.instruction not in shown and "15" not in shown
+
+
+def test_unknown_observation_mode_is_a_clear_error(apples_intent: Intent) -> None:
+    with pytest.raises(ValueError, match="observation_mode must be one of"):
+        _env([apples_intent], observation_mode="pixels")
+
+
+def test_conversation_mode_works_in_async_vector_env() -> None:
+    def make() -> gym.Env:
+        return gym.make(
+            "userlm_env/HumanEval-v0", simulator="sharded", observation_mode="conversation"
+        )
+
+    envs = gym.vector.AsyncVectorEnv([make, make], shared_memory=False)
+    try:
+        observations, infos = envs.reset(seed=3)
+        assert len(observations) == 2 and all(o[0]["role"] == "user" for o in observations)
+        observations, *_ = envs.step(["Tell me more.", "Tell me more."])
+        assert all([m["role"] for m in o] == ["user", "assistant", "user"] for o in observations)
+    finally:
+        envs.close()
+
+
 def test_oracle_solves_through_step(apples_intent: Intent) -> None:
     env = _env([apples_intent])
+    oracle = OracleAssistant(env.intents)
     obs, info = env.reset(seed=0)
     assert obs == apples_intent.shards[0].text
     assert info["revealed_shards"] == [1] and info["coverage"] == pytest.approx(1 / 5)
     assert info["messages"] == [{"role": "user", "content": obs}]
     total, steps = 0.0, 0
     while True:
-        obs, reward, terminated, truncated, info = env.step(_oracle_reply(env))
+        obs, reward, terminated, truncated, info = env.step(_reply(oracle, info))
         total, steps = total + reward, steps + 1
         if terminated or truncated:
             break
@@ -53,25 +94,26 @@ def test_oracle_solves_through_step(apples_intent: Intent) -> None:
 
 
 def test_wrong_answer_never_rewarded_and_user_ends(apples_intent: Intent) -> None:
-    env = _env([apples_intent], max_turns=20)
-    env.reset(seed=0)
+    env = _env([apples_intent], max_replies=20)
+    wrong = WrongAssistant(env.intents)
+    _, info = env.reset(seed=0)
     rewards, done = [], False
     while not done:
-        reply = WrongAssistant().respond([env.state])[0]
-        _, reward, terminated, truncated, info = env.step(reply)
+        _, reward, terminated, truncated, info = env.step(_reply(wrong, info))
         rewards.append(reward)
         done = terminated or truncated
     assert set(rewards) == {0.0}
     assert info["termination_reason"] == "user_ended" and info["user_ended"]
-    assert info["coverage"] == 1.0 and info["turn"] == 6  # 5 shards, then the end marker
+    assert info["coverage"] == 1.0 and info["user_turns"] == 5  # 5 shards; the end is no turn
+    assert info["pace"]["user_turn"] == 5 and info["replies"] == 5
 
 
-def test_truncates_at_max_turns(apples_intent: Intent) -> None:
-    env = _env([apples_intent], max_turns=2)
+def test_truncates_at_max_replies(apples_intent: Intent) -> None:
+    env = _env([apples_intent], max_replies=2)
     env.reset(seed=0)
     assert env.step("hm?")[2:4] == (False, False)
     _, _, terminated, truncated, info = env.step("hm?")
-    assert (terminated, truncated, info["termination_reason"]) == (False, True, "max_turns")
+    assert (terminated, truncated, info["termination_reason"]) == (False, True, "max_replies")
 
 
 def test_bad_input_raises_typed_errors_and_keeps_env_usable(apples_intent: Intent) -> None:
@@ -132,7 +174,7 @@ class _FlakySimulator:
     def respond(self, states: list[ConversationState]) -> list[UserTurn]:
         if self.fail:
             raise ConnectionError("simulator backend down")
-        return [UserTurn(f"turn {s.turn + 1} please", shard_ids=()) for s in states]
+        return [UserTurn(f"turn {len(s.user_turns) + 1} please", shard_ids=()) for s in states]
 
 
 def test_failed_simulator_call_rolls_the_step_back(apples_intent: Intent) -> None:

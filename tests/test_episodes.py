@@ -11,10 +11,10 @@ from experiments.episodes import run_missing_episodes
 from experiments.score import common_error
 from experiments.simulate import simulate
 from tests.conftest import REPO_ROOT
-from userlm_env.rollout import read_records
+from userlm_env.records import read_records
 
 CONF = REPO_ROOT / "experiments" / "conf"
-OFFLINE = ["task=tiny", "simulator=sharded", "assistant=oracle", "max_turns=6"]
+OFFLINE = ["intents=tiny", "simulator=sharded", "assistant=oracle", "max_replies=6"]
 
 
 def _config(*overrides: str):
@@ -49,11 +49,11 @@ def test_simulate_table_counts_each_episode_once_after_a_retry(tmp_path: Path) -
     failed = {**records[0], "error": "LLMCallError: timed out", "solved": False}
     with (tmp_path / cfg.results_file).open("a", encoding="utf-8") as sink:
         sink.write(json.dumps(failed) + "\n")
-    table = simulate(cfg, tmp_path)
+    rows = simulate(cfg, tmp_path)
+    assert (rows[-1]["task"], rows[-1]["episodes"], rows[-1]["failed"]) == ("all", 4, 0)
+    table = (tmp_path / "summary.md").read_text()  # the retry replaced the failure
     all_row = next(line for line in table.splitlines() if line.startswith("| all"))
-    cells = [cell.strip() for cell in all_row.strip("|").split("|")]
-    assert cells[1:3] == ["4", "0"]  # 4 conversations, none failed: the retry replaced it
-    assert (tmp_path / "summary.md").read_text().strip() == table
+    assert [cell.strip() for cell in all_row.strip("|").split("|")][1:3] == ["4", "0"]
 
 
 def test_common_error_counts_only_episodes_that_failed_last() -> None:

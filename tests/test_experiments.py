@@ -14,7 +14,7 @@ from experiments.report import collect_runs, merge_rows
 from tests.conftest import REPO_ROOT
 
 CONF = REPO_ROOT / "experiments" / "conf"
-GROUPS = ("task", "simulator", "assistant")
+GROUPS = ("intents", "simulator", "assistant")
 
 
 def _options(group: str) -> list[str]:
@@ -31,16 +31,16 @@ def _compose(config_name: str, overrides: list[str]):
 def test_top_level_configs_compose(config_name: str, experiment: str | None) -> None:
     overrides = [f"experiment={experiment}"] if experiment else []
     cfg = _compose(config_name, overrides)
-    assert cfg.n_per_intent >= 1 and cfg.max_turns >= 1
+    assert cfg.n_per_intent >= 1 and cfg.max_replies >= 1
 
 
-@pytest.mark.parametrize("option", _options("task"))
+@pytest.mark.parametrize("option", _options("intents"))
 def test_task_configs_instantiate(option: str) -> None:
-    cfg = _compose("config", [f"task={option}"])
+    cfg = _compose("config", [f"intents={option}"])
     if option == "gsm8k":  # offline: the official file instead of `datasets`
-        cfg.task.data_path = str(REPO_ROOT.parent / "shared/data/gsm8k/test.jsonl")
-    intents = instantiate(cfg.task)
-    assert intents and len({i.task_id for i in intents}) == len(intents)
+        cfg.intents.data_path = str(REPO_ROOT.parent / "shared/data/gsm8k/test.jsonl")
+    intents = instantiate(cfg.intents)
+    assert intents and len({i.intent_id for i in intents}) == len(intents)
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_two_by_two_offline_multirun_merges_into_four_rows(tmp_path: Path) -> No
         "-m",
         "hydra/launcher=joblib",
         "simulator=sharded,sharded_required_last",
-        "task=gsm_symbolic,humaneval",
+        "intents=gsm_symbolic,humaneval",
         "assistant=oracle",
         "max_intents_per_task=2",
         "n_per_intent=1",
@@ -77,7 +77,7 @@ def test_two_by_two_offline_multirun_merges_into_four_rows(tmp_path: Path) -> No
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = merge_rows(collect_runs(tmp_path))
-    assert [(r["simulator"], r["task"]) for r in rows] == [
+    assert [(r["simulator"], r["intents"]) for r in rows] == [
         ("sharded", "gsm_symbolic"),
         ("sharded", "humaneval"),
         ("sharded_required_last", "gsm_symbolic"),

@@ -75,8 +75,8 @@ PROBES = {
 
 @pytest.fixture(scope="module")
 def env_and_intent() -> tuple[ConversationEnv, Intent]:
-    intents = [i for i in load_humaneval() if i.task_id == "HumanEval/0"]
-    env = ConversationEnv(simulator="sharded", intents=intents, max_turns=4)
+    intents = [i for i in load_humaneval() if i.intent_id == "HumanEval/0"]
+    env = ConversationEnv(simulator="sharded", intents=intents, max_replies=4)
     yield env, intents[0]
     env.close()
 

@@ -1,7 +1,8 @@
-"""Tests of model loading (userlm_env.models): name resolution, errors, the conversion cache.
+"""Tests of model loading (userlm_env.models) and the conversion cache (userlm_env.model_cache).
 
 The slow tests convert the embedded GGUF model into a temporary cache twice (once at the start,
-once after corrupting the entry) and load it from the cache in a fresh subprocess.
+once after corrupting the entry) and load it from the cache in a fresh subprocess. The lock test
+replaces the conversion (about 45 s for real) with a fast fake that counts its calls.
 """
 
 from __future__ import annotations
@@ -10,21 +11,23 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants
 import pytest
 
-from userlm_env import models
+from userlm_env import model_cache, models
 from userlm_env.errors import ModelUnavailableError
+from userlm_env.model_cache import is_complete_cache
 from userlm_env.models import (
     EMBEDDED_MODEL,
     LOADED_MODELS,
     EmbeddedGGUF,
     LoadedModel,
     ModelLRU,
-    is_complete_cache,
     load_model,
     load_tokenizer,
 )
@@ -34,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set its flag itself
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _assert_names_alternatives(message: str) -> None:
@@ -73,9 +78,9 @@ def test_missing_embedded_package_raises(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_cache_root_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
-    assert models.cache_root() == tmp_path / "models"
-    assert models.cache_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    monkeypatch.setenv(model_cache.CACHE_ENV, str(tmp_path))
+    assert model_cache.cache_root() == tmp_path / "models"
+    assert model_cache.cache_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
 
 
 def test_partial_cache_entries_are_not_complete(tmp_path: Path) -> None:
@@ -99,6 +104,50 @@ def test_lru_returns_same_object_and_evicts_oldest() -> None:
     assert lru.get(("a",)) is first and lru.get(("c",)) is third
 
 
+class _FakeWeights:
+    """Stands for a tokenizer or a model: ``save_pretrained`` writes one small file."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def save_pretrained(self, folder: Path) -> None:
+        (Path(folder) / self.filename).write_text("{}")
+
+
+def test_concurrent_requests_for_one_entry_convert_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real conversion takes about 45 s: a fake one that is slow enough to overlap counts calls.
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    calls: list[Path] = []
+
+    def fake_convert(path: Path) -> tuple[_FakeWeights, _FakeWeights]:
+        calls.append(path)
+        time.sleep(0.5)
+        return _FakeWeights("tokenizer.json"), _FakeWeights("model.safetensors")
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    cache = tmp_path / "cache"
+    stale = cache / f".tmp-tiny-{model_cache.fingerprint(gguf)}-0badc0de"
+    stale.mkdir(parents=True)  # left by a writer that died
+    results: list[str] = []
+    workers = [
+        threading.Thread(
+            target=lambda: results.append(models.pretrained_location(str(gguf), cache_dir=cache))
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert calls == [gguf]  # the second request waited for the lock, then found the entry
+    assert len(results) == 2 and results[0] == results[1]
+    assert is_complete_cache(Path(results[0]))
+    assert not stale.exists()  # the lock holder removed the dead writer's folder
+
+
 # --- real conversions (slow) ------------------------------------------------------------------
 
 
@@ -107,7 +156,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Convert the embedded model into a fresh cache that holds a junk partial entry first."""
     cache = tmp_path_factory.mktemp("model-cache")
     gguf = models.embedded_gguf_path(EMBEDDED_MODEL)
-    entry = cache / f"{EMBEDDED_MODEL}-{models._fingerprint(gguf)}"
+    entry = cache / f"{EMBEDDED_MODEL}-{model_cache.fingerprint(gguf)}"
     entry.mkdir()
     (entry / "config.json").write_text('{"junk": true}')  # as left by a killed conversion
     LOADED_MODELS.clear()
@@ -178,7 +227,7 @@ def test_pretrained_location_is_the_cache_entry_and_other_names_pass_through(
     assert models.pretrained_location("org/some-model") == "org/some-model"
     # a cache that cannot be written is a typed error, never a half-written folder
     monkeypatch.setattr(models, "_convert_gguf", lambda gguf: (None, None))
-    monkeypatch.setattr(models, "_write_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(models, "write_entry", lambda *args, **kwargs: False)
     with pytest.raises(ModelUnavailableError, match="could not be written"):
         models.pretrained_location(EMBEDDED_MODEL, cache_dir=tmp_path)
 

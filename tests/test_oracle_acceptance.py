@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from assistants.scripted import OracleAssistant, WrongAssistant
+from assistants.scripted import OracleAssistant, ScriptedAssistant, WrongAssistant
 from userlm_env import ConversationEnv
 from userlm_env.intents import load_gsm8k_jsonl, load_humaneval
 
 
-def _play(env: ConversationEnv, intent_id: str, assistant: object) -> tuple[float, dict]:
-    env.reset(seed=0, options={"intent_id": intent_id})
-    total, done, info = 0.0, False, {}
+def _play(env: ConversationEnv, intent_id: str, assistant: ScriptedAssistant) -> tuple[float, dict]:
+    """One episode; the assistant acts on the observation (the conversation so far)."""
+    assistant.learn(env.intents)
+    chat, info = env.reset(seed=0, options={"intent_id": intent_id})
+    total, done = 0.0, False
     while not done:
-        reply = assistant.respond([env.state])[0]  # type: ignore[attr-defined]
-        _, reward, terminated, truncated, info = env.step(reply)
+        reply = assistant.respond([chat], intent_ids=[info["intent_id"]])[0].text
+        chat, reward, terminated, truncated, info = env.step(reply)
         total += reward
         done = terminated or truncated
     return total, info
@@ -24,7 +26,12 @@ def _play(env: ConversationEnv, intent_id: str, assistant: object) -> tuple[floa
 
 @pytest.fixture(scope="module")
 def humaneval_env() -> ConversationEnv:
-    env = ConversationEnv(simulator="sharded", intents=load_humaneval(), max_turns=16)
+    env = ConversationEnv(
+        simulator="sharded",
+        intents=load_humaneval(),
+        max_replies=16,
+        observation_mode="conversation",
+    )
     yield env
     env.close()
 
@@ -34,9 +41,9 @@ def humaneval_env() -> ConversationEnv:
 def test_oracle_solves_all_164_humaneval_intents(humaneval_env: ConversationEnv) -> None:
     failures = []
     for intent in humaneval_env.intents:
-        total, info = _play(humaneval_env, intent.task_id, OracleAssistant())
+        total, info = _play(humaneval_env, intent.intent_id, OracleAssistant())
         if total != 1.0 or info["termination_reason"] != "solved":
-            failures.append((intent.task_id, info.get("score_detail")))
+            failures.append((intent.intent_id, info.get("score_detail")))
     assert len(humaneval_env.intents) == 164
     assert failures == []
 
@@ -46,17 +53,19 @@ def test_oracle_solves_all_164_humaneval_intents(humaneval_env: ConversationEnv)
 def test_wrong_code_never_earns_reward(humaneval_env: ConversationEnv) -> None:
     rewarded = []
     for intent in humaneval_env.intents:
-        total, info = _play(humaneval_env, intent.task_id, WrongAssistant())
+        total, info = _play(humaneval_env, intent.intent_id, WrongAssistant())
         if total != 0.0:
-            rewarded.append(intent.task_id)
-        assert info["termination_reason"] in ("user_ended", "max_turns")
+            rewarded.append(intent.intent_id)
+        assert info["termination_reason"] in ("user_ended", "max_replies")
     assert rewarded == []
 
 
 @pytest.mark.slow
 def test_oracle_solves_first_300_gsm8k_and_wrong_numbers_never_do(gsm8k_path: Path) -> None:
     intents = load_gsm8k_jsonl(gsm8k_path, limit=300)
-    env = ConversationEnv(simulator="sharded", intents=intents, max_turns=16)
-    solved = [_play(env, i.task_id, OracleAssistant())[0] for i in intents]
-    wrong = [_play(env, i.task_id, WrongAssistant())[0] for i in intents]
+    env = ConversationEnv(
+        simulator="sharded", intents=intents, max_replies=16, observation_mode="conversation"
+    )
+    solved = [_play(env, i.intent_id, OracleAssistant())[0] for i in intents]
+    wrong = [_play(env, i.intent_id, WrongAssistant())[0] for i in intents]
     assert len(intents) == 300 and solved == [1.0] * 300 and wrong == [0.0] * 300

@@ -4,19 +4,19 @@ headless Chromium."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from assistants.scripted import OracleAssistant
-from experiments.report import collect_runs, group_simulations, main, merge_rows, run_intents
+from experiments.report import collect_runs, group_simulations, main, merge_rows
 from experiments.report_figures import coverage_curve, unigram_note, write_figures
 from experiments.report_page import write_page
 from simulators.sharded import ShardedSimulator
 from userlm_env.core import ConversationCore
-from userlm_env.rollout import JsonlWriter, make_jobs, run_episodes
+from userlm_env.records import JsonlWriter
+from userlm_env.rollout import make_jobs, run_episodes
 from userlm_env.types import Intent, Shard
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,17 +53,16 @@ def toy_intents() -> list[Intent]:
 
 
 def make_run(root: Path, name: str, required_first: bool) -> Path:
-    """A run folder like ``experiments.simulate`` writes (results, run info, Hydra config)."""
+    """A run folder like ``experiments.simulate`` writes (results and run info)."""
     run = root / f"simulator={name}"
-    (run / ".hydra").mkdir(parents=True)
-    core = ConversationCore(ShardedSimulator(required_first=required_first), max_turns=8)
-    jobs = make_jobs(toy_intents(), n_per_intent=2)
-    run_episodes(jobs, core, OracleAssistant(), on_done=JsonlWriter(run / "results.jsonl"))
-    info = {"simulator": name, "task": "toy", "assistant": "oracle"}
+    run.mkdir(parents=True)
+    core = ConversationCore(ShardedSimulator(required_first=required_first), max_replies=8)
+    intents = toy_intents()
+    jobs = make_jobs(intents, n_per_intent=2)
+    oracle = OracleAssistant(intents)
+    run_episodes(jobs, core, oracle, on_done=JsonlWriter(run / "results.jsonl"))
+    info = {"simulator": name, "intents": "toy", "assistant": "oracle"}
     (run / "run_info.json").write_text(json.dumps(info))
-    (run / ".hydra" / "config.yaml").write_text(
-        "task:\n  _target_: tests.test_report.toy_intents\n"
-    )
     return run
 
 
@@ -75,15 +74,11 @@ def sweep(tmp_path: Path) -> Path:
     return root
 
 
-def intents_of(root: Path) -> list[dict[str, Intent]]:
-    return [run_intents(p.parent) for p in sorted(root.rglob("results.jsonl"))]
-
-
 def test_rows_carry_table3_metrics_and_flags(sweep: Path) -> None:
-    rows = merge_rows(collect_runs(sweep), intents_of(sweep))
+    rows = merge_rows(collect_runs(sweep))
     first, last = rows
     # required first: apples 1,2,3,4 (coverage .8), pens 1,3,4 (.75); optional shards skipped
-    assert (first["simulator"], first["task"], first["episodes"]) == ("sharded", "toy", 4)
+    assert (first["simulator"], first["intents"], first["episodes"]) == ("sharded", "toy", 4)
     assert first["intent_coverage"] == "77.5" and first["skip_non_required"] == "100.0"
     assert first["turn_range"] == "3.5-3.5" and first["turn_variance"] == "0.00"
     assert first["unigram_difference"] == "0.00" and first["assistant_score"] == 1.0
@@ -93,12 +88,10 @@ def test_rows_carry_table3_metrics_and_flags(sweep: Path) -> None:
     for row in rows:
         assert row["role_break"] == row["drift"] == row["premature_end"] == "0.0"
         assert row["repeat_required"] == row["add_demands"] == "0.0"
-    plain = merge_rows(collect_runs(sweep))  # without intents: the score columns only
-    assert "intent_coverage" not in plain[0] and plain[0]["episodes"] == 4
 
 
 def test_coverage_curve_by_hand(sweep: Path) -> None:
-    groups = group_simulations(collect_runs(sweep), intents_of(sweep))
+    groups = group_simulations(collect_runs(sweep))
     views = [s.view for s in groups[("sharded", "toy")]]
     # apples: .2 .4 .6 .8 (x2); pens: .25 .5 .75 .75 (x2)
     assert coverage_curve(views, 4) == pytest.approx([0.225, 0.45, 0.675, 0.775])
@@ -117,12 +110,12 @@ def render(page: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProce
 
 
 def test_html_page_renders_in_headless_chromium(sweep: Path, tmp_path: Path) -> None:
-    runs, intents = collect_runs(sweep), intents_of(sweep)
-    groups = group_simulations(runs, intents)
+    runs = collect_runs(sweep)
+    groups = group_simulations(runs)
     figures = write_figures(groups, tmp_path / "figures")
     assert [p.name for p in figures] == ["turns.png", "coverage.png", "unigram_difference.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
-    page = write_page(merge_rows(runs, intents), groups, figures, tmp_path / "report.html")
+    page = write_page(merge_rows(runs), groups, figures, tmp_path / "report.html")
     text = page.read_text()
     assert "http://" not in text and "https://" not in text and "<link" not in text
     dom = render(page, tmp_path, "--dump-dom")
@@ -144,13 +137,26 @@ def test_cli_writes_tables_figures_and_page(sweep: Path, tmp_path: Path, capsys)
         assert out.with_suffix(suffix).exists()
     assert len(list((tmp_path / "report" / "report_figures").glob("*.png"))) == 3
     assert "%" not in out.with_suffix(".csv").read_text().splitlines()[0]
-    assert main([str(sweep), "--no-intents", "--out", str(tmp_path / "plain")]) == 0
-    assert not (tmp_path / "plain.html").exists()
-    shutil.rmtree(sweep / "simulator=sharded" / ".hydra")
+    results = sweep / "simulator=sharded" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    del records[0]["intent"]  # a record from before records carried their intent
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(SystemExit) as usage_error:  # a usage error, not a traceback
         main([str(sweep), "--out", str(tmp_path / "again")])
     assert usage_error.value.code == 2
-    assert "--no-intents" in capsys.readouterr().err
+    assert "carries no intent" in capsys.readouterr().err
+
+
+def test_report_reads_metrics_from_records_and_never_the_run_config(sweep: Path) -> None:
+    results = sweep / "simulator=sharded" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert all("reference" not in json.dumps(r["intent"]) for r in records)
+    for record in records:  # a stored value is what the report shows: nothing is recomputed
+        record["metrics"]["role_break"] = True
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    first = merge_rows(collect_runs(sweep))[0]
+    assert first["role_break"] == "100.0"
+    assert not list(sweep.rglob(".hydra"))
 
 
 def test_empty_diversity_figure_says_why() -> None:
@@ -163,9 +169,9 @@ def test_turns_kept_despite_a_guardrail_carry_a_badge(sweep: Path, tmp_path: Pat
     records = [json.loads(line) for line in results.read_text().splitlines()]
     records[0]["user_turn_metadata"][1] = {"tries": 8, "guardrail_failed": "repeat"}
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
-    runs, intents = collect_runs(sweep), intents_of(sweep)
-    groups = group_simulations(runs, intents)
-    page = write_page(merge_rows(runs, intents), groups, [], tmp_path / "report.html").read_text()
+    runs = collect_runs(sweep)
+    groups = group_simulations(runs)
+    page = write_page(merge_rows(runs), groups, [], tmp_path / "report.html").read_text()
     badge = 'title="kept after 8 tries although it breaks the repeat guardrail">repeat</span>'
     assert page.count(badge) == 1
     assert page.count("although it breaks") == 1  # no other turn is flagged

@@ -28,9 +28,9 @@ def _score_command(api_base: str, run_dir: Path, *overrides: str) -> list[str]:
         "assistant.api_key=sk-test",
         "assistant.max_tokens=48",
         "simulator=sharded",
-        "task=tiny",
+        "intents=tiny",
         "n_per_intent=1",
-        "max_turns=3",
+        "max_replies=3",
         f"hydra.run.dir={run_dir}",
         *overrides,
     ]
@@ -59,7 +59,7 @@ def test_scores_a_litellm_model_string_against_the_real_server(
     assert result.returncode == 0, result.stderr[-3000:]
     records = _records(tmp_path)
     assert sorted(r["task"] for r in records) == ["gsm8k", "gsm8k", "humaneval", "humaneval"]
-    assert all(r["error"] is None and r["turns"] >= 1 for r in records)
+    assert all(r["error"] is None and r["user_turns"] >= 1 for r in records)
     assert all(m["content"] for r in records for m in r["messages"])
     assert "assistant_score" in result.stdout and "ci95_low" in result.stdout
     assert (tmp_path / "report.md").read_text().count("\n") >= 4

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from assistants import make_assistant
 from simulators import make_simulator
 from simulators.sharded import ShardedSimulator
+from userlm_env.errors import UnknownNameError
 from userlm_env.types import ConversationState, Intent, Score, UserTurn
 
 
@@ -26,7 +29,7 @@ def test_sharded_reveals_goal_then_required_then_optional(apples_intent: Intent)
         state.scores.append(Score(False, False, 0.0))
         state.messages.append({"role": "assistant", "content": "ok?"})
     assert order == [(1,), (2,), (3,), (4,), (5,)]
-    assert state.turn == 5
+    assert len(state.user_turns) == 5
 
 
 def test_sharded_nudges_until_an_attempt_then_ends(apples_intent: Intent) -> None:
@@ -51,14 +54,30 @@ def test_sharded_is_stateless_across_a_batch(apples_intent: Intent) -> None:
 
 
 def test_oracle_asks_before_required_shards_then_answers(apples_intent: Intent) -> None:
-    oracle = make_assistant("oracle")
-    state = ConversationState(intent=apples_intent, seed=0)
-    state.revealed.append((1, 2))
-    assert oracle.respond([state])[0].rstrip().endswith("?")
-    state.revealed.append((3, 4))
-    assert "15" in oracle.respond([state])[0]
+    oracle = make_assistant("oracle", intents=[apples_intent])
+    ids = [apples_intent.intent_id]
+    chat = [
+        {"role": "user", "content": f"{apples_intent.shard(1).text} {apples_intent.shard(2).text}"}
+    ]
+    assert oracle.respond([chat], intent_ids=ids)[0].text.rstrip().endswith("?")
+    chat += [{"role": "assistant", "content": "And?"}]
+    chat += [
+        {"role": "user", "content": f"{apples_intent.shard(3).text} {apples_intent.shard(4).text}"}
+    ]
+    reply = oracle.respond([chat], intent_ids=ids)[0]
+    assert "15" in reply.text and reply.cost == 0.0 and reply.error is None
+
+
+def test_scripted_assistants_need_their_answer_key(apples_intent: Intent) -> None:
+    chat = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="intent id"):
+        make_assistant("oracle", intents=[apples_intent]).respond([chat])
+    with pytest.raises(UnknownNameError, match="answer key"):
+        make_assistant("oracle").respond([chat], intent_ids=[apples_intent.intent_id])
 
 
 def test_wrong_assistant_gives_a_different_number(apples_intent: Intent) -> None:
-    reply = make_assistant("wrong").respond([ConversationState(intent=apples_intent, seed=0)])[0]
+    wrong = make_assistant("wrong", intents=[apples_intent])
+    chat = [{"role": "user", "content": "hi"}]
+    reply = wrong.respond([chat], intent_ids=[apples_intent.intent_id])[0].text
     assert "16" in reply and "15" not in reply

@@ -55,17 +55,21 @@ def test_one_simulator_call_per_step_for_all_envs(apples_intent: Intent) -> None
 def test_same_step_autoreset_keeps_every_reply(apples_intent: Intent) -> None:
     envs = ConversationVectorEnv(2, simulator="sharded", intents=[apples_intent])
     envs.reset(seed=0)
-    oracle = OracleAssistant()
+    oracle = OracleAssistant(envs.intents)
+    observations, infos = envs.reset(seed=0)
+    chats = [[{"role": "user", "content": o}] for o in observations]
     solved = 0
     for _ in range(4):
-        replies = oracle.respond([s for s in envs.states if s is not None])
+        replies = [r.text for r in oracle.respond(chats, intent_ids=list(infos["intent_id"]))]
         observations, rewards, terminated, truncated, infos = envs.step(replies)
+        for chat, reply, obs in zip(chats, replies, observations, strict=True):
+            chat += [{"role": "assistant", "content": reply}, {"role": "user", "content": obs}]
         solved += int(rewards.sum())
     assert solved == 2 and terminated.all() and not truncated.any()
     assert list(infos["final_obs"]) == ["<|endconversation|>"] * 2
     assert infos["final_info"]["termination_reason"].tolist() == ["solved", "solved"]
     assert observations == (apples_intent.shards[0].text,) * 2  # new episodes began
-    assert all(s is not None and s.turn == 1 for s in envs.states)
+    assert all(s is not None and len(s.user_turns) == 1 for s in envs.states)
 
 
 def test_disabled_autoreset_refuses_to_step_an_ended_episode(apples_intent: Intent) -> None:
@@ -73,7 +77,7 @@ def test_disabled_autoreset_refuses_to_step_an_ended_episode(apples_intent: Inte
         2,
         simulator="sharded",
         intents=[apples_intent],
-        max_turns=1,
+        max_replies=1,
         autoreset_mode=AutoresetMode.DISABLED,
     )
     envs.reset(seed=0)
@@ -94,9 +98,9 @@ def test_next_step_mode_is_refused(apples_intent: Intent) -> None:
 
 def test_settings_reach_the_core_and_unknown_ones_are_refused(apples_intent: Intent) -> None:
     envs = ConversationVectorEnv(
-        2, simulator="sharded", intents=[apples_intent], max_turns=3, max_reply_chars=50
+        2, simulator="sharded", intents=[apples_intent], max_replies=3, max_reply_chars=50
     )
-    assert (envs.core.max_turns, envs.core.max_reply_chars) == (3, 50)
+    assert (envs.core.max_replies, envs.core.max_reply_chars) == (3, 50)
     assert envs.single_action_space.max_length == 50
     with pytest.raises(TypeError, match="max_turn"):
         ConversationVectorEnv(2, simulator="sharded", intents=[apples_intent], max_turn=3)

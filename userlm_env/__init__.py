@@ -47,7 +47,7 @@ def _register() -> None:
             id=env_id,
             entry_point="userlm_env.env:ConversationEnv",
             vector_entry_point="userlm_env.vector:ConversationVectorEnv",
-            kwargs={"sources": sources, "max_turns": 8},
+            kwargs={"sources": sources, "max_replies": 8},
             order_enforce=False,  # ConversationEnv raises its own typed EpisodeStateError
         )
 

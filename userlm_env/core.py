@@ -1,61 +1,47 @@
-"""The one step logic of userlm-env, written for a *batch* of conversations.
+"""The one transition of userlm-env, written for a *batch* of conversations.
 
 :class:`ConversationCore` starts and advances any number of :class:`ConversationState` at once:
 one simulator call per batch, one batched scoring call per task. ``ConversationEnv`` is the batch
-of one, the vector env is the batch of N, and the rollout helpers used by the experiment scripts
-call it directly, so the loop exists exactly once:
+of one, the vector env is the batch of N, and the rollout of the experiment scripts calls it
+directly, so the loop exists exactly once:
 
     start:   states -> Simulator.respond(states) -> first user turns
-    advance: replies -> validate -> Task.score_many -> solved? terminate
-             else turn limit? truncate, else Simulator.respond -> next user turn (or user ends)
+    advance: replies -> validate -> Scorer.score_many -> solved? terminate
+             else reply budget spent? truncate, else Simulator.respond -> next user turn
+             (or the user ends)
 
-Every step yields a :class:`StepOutcome` whose ``info`` is described in
-:func:`ConversationCore.info`.
+The core only transitions: it changes the states and returns one :class:`Transition` each.
+What an agent observes and the metrics of ``info`` are built from the states by the envs
+(:mod:`userlm_env.observation`, :class:`userlm_env.tracker.EpisodeTracker`); a rollout that needs
+no per-step metrics computes none.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from userlm_env.errors import EpisodeStateError, ReplyTooLongError, UserLMEnvError
 from userlm_env.labels import HeuristicLabeler, ReplyLabeler
-from userlm_env.metrics.diversity import EpisodeHistory, diversity_against
-from userlm_env.metrics.episode import EpisodeMetricsConfig, EpisodeView, episode_metrics, pace
 from userlm_env.metrics.shards import LexicalShardMatcher, ShardMatcher
-from userlm_env.metrics.text import unigrams
-from userlm_env.tasks import Task, make_task
-from userlm_env.types import END_MARKER, ConversationState, Message, Score, UserTurn
+from userlm_env.protocols import Scorer, Simulator
+from userlm_env.resample import Verdict, resample
+from userlm_env.tasks import make_scorer
+from userlm_env.types import ConversationState, Message, Score, UserTurn
 
 __all__ = [
     "DEFAULT_MAX_REPLY_CHARS",
     "ConversationCore",
     "SimulatorError",
-    "StepOutcome",
     "TerminationReason",
+    "Transition",
 ]
 
 #: Replies longer than this many characters are rejected with :class:`ReplyTooLongError`.
 DEFAULT_MAX_REPLY_CHARS = 32_768
-#: How often a simulator may end a conversation before its first word before we give up.
-_FIRST_TURN_TRIES = 3
-
-
-_Mark = tuple[int, int, int, int, int, str | None]
-
-
-def _mark(state: ConversationState) -> _Mark:
-    """Lengths of a state's lists (and its end reason), to roll a failed step back."""
-    return (
-        len(state.messages),
-        len(state.user_turns),
-        len(state.scores),
-        len(state.revealed),
-        len(state.reply_labels),
-        state.termination_reason,
-    )
+#: Simulator calls for a first user turn before a user that keeps ending is an error.
+FIRST_TURN_TRIES = 3
 
 
 class TerminationReason:
@@ -63,22 +49,28 @@ class TerminationReason:
 
     SOLVED = "solved"
     USER_ENDED = "user_ended"
-    MAX_TURNS = "max_turns"
+    MAX_REPLIES = "max_replies"
 
 
 class SimulatorError(UserLMEnvError, RuntimeError):
     """The simulator broke its contract (wrong number of turns, ended before speaking)."""
 
 
-@dataclass
-class StepOutcome:
-    """What one conversation yields for one ``reset`` or ``step``."""
+@dataclass(frozen=True)
+class Transition:
+    """What one ``start`` or ``advance`` did to one conversation.
 
-    observation: str
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        reward: The scorer's reward for the reply (0.0 at the start).
+        terminated: The reply solved the task, or the user ended the conversation.
+        truncated: The reply budget is spent.
+        score: The scorer's verdict on the reply (``None`` at the start).
+    """
+
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    score: Score | None = None
 
     @property
     def done(self) -> bool:
@@ -86,60 +78,89 @@ class StepOutcome:
         return self.terminated or self.truncated
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """The lengths of a state's lists and its end, to roll a failed step back."""
+
+    messages: int
+    user_turns: int
+    scores: int
+    revealed: int
+    reply_labels: int
+    ending: UserTurn | None
+    termination_reason: str | None
+
+    @classmethod
+    def of(cls, state: ConversationState) -> _Mark:
+        return cls(
+            len(state.messages),
+            len(state.user_turns),
+            len(state.scores),
+            len(state.revealed),
+            len(state.reply_labels),
+            state.ending,
+            state.termination_reason,
+        )
+
+    def restore(self, state: ConversationState) -> None:
+        del state.messages[self.messages :]
+        del state.user_turns[self.user_turns :]
+        del state.scores[self.scores :]
+        del state.revealed[self.revealed :]
+        del state.reply_labels[self.reply_labels :]
+        state.ending, state.termination_reason = self.ending, self.termination_reason
+
+
 class ConversationCore:
     """Starts and advances batches of conversations.
 
     Args:
-        simulator: Produces user turns (see :class:`simulators.Simulator`).
-        max_turns: Assistant replies allowed before the episode is truncated.
+        simulator: Produces the user turns.
+        max_replies: Assistant replies allowed before the episode is truncated.
         matcher: Maps user turns to the shards they reveal when the simulator does not say.
-        tasks: Scorers by task name; missing ones are built from the task registry.
+        scorers: Scorers by task name; missing ones are built from the scorer registry.
         max_reply_chars: Longest accepted assistant reply, in characters.
         labeler: Labels each reply (answer attempt, clarification...); heuristic by default.
-        metrics: Settings of the episode metrics in the final ``info`` (drift length, the
-            Add Demands detector...).
-
-    Attributes:
-        history: User-turn unigrams of the finished episodes per intent, for the ``diversity``
-            value of ``info`` (the envs clear it on a seeded ``reset``).
     """
 
     def __init__(
         self,
-        simulator: Any,
+        simulator: Simulator,
         *,
-        max_turns: int = 8,
+        max_replies: int = 8,
         matcher: ShardMatcher | None = None,
-        tasks: Mapping[str, Task] | None = None,
+        scorers: Mapping[str, Scorer] | None = None,
         max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
         labeler: ReplyLabeler | None = None,
-        metrics: EpisodeMetricsConfig | None = None,
     ) -> None:
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if max_replies < 1:
+            raise ValueError(f"max_replies must be >= 1, got {max_replies}")
         self.simulator = simulator
-        self.max_turns = max_turns
+        self.max_replies = max_replies
         self.matcher = matcher or LexicalShardMatcher()
-        self.tasks: dict[str, Task] = dict(tasks or {})
+        self.scorers: dict[str, Scorer] = dict(scorers or {})
         self.max_reply_chars = max_reply_chars
         self.labeler = labeler or HeuristicLabeler()
-        self.metrics = metrics or EpisodeMetricsConfig()
-        self.history = EpisodeHistory()
 
     # ------------------------------------------------------------------ public API
-    def start(self, states: Sequence[ConversationState]) -> list[StepOutcome]:
-        """Ask the simulator for the first user turn of each (fresh) state."""
+    def start(self, states: Sequence[ConversationState]) -> list[Transition]:
+        """Ask the simulator for the first user turn of each (fresh) state.
+
+        Raises:
+            ValueError: A state is not fresh.
+            SimulatorError: The user ended a conversation before its first turn, every try.
+        """
         for state in states:
-            if state.messages or state.user_turns:
-                raise ValueError(f"state for {state.intent.task_id} is not fresh")
+            if state.messages or state.user_turns or state.ending is not None:
+                raise ValueError(f"state for {state.intent.intent_id} is not fresh")
         turns = self._first_turns(states)
         for state, turn in zip(states, turns, strict=True):
             self._record_user_turn(state, turn)
-        return [self._outcome(state, None) for state in states]
+        return [Transition() for _ in states]
 
     def advance(
-        self, states: Sequence[ConversationState], replies: Sequence[Any]
-    ) -> list[StepOutcome]:
+        self, states: Sequence[ConversationState], replies: Sequence[object]
+    ) -> list[Transition]:
         """Score one assistant reply per state and produce the next user turns.
 
         Raises (before changing any state): ``TypeError`` for a non-``str`` reply,
@@ -149,14 +170,13 @@ class ConversationCore:
         """
         if len(states) != len(replies):
             raise ValueError(f"{len(states)} states but {len(replies)} replies")
-        for state, reply in zip(states, replies, strict=True):
-            self._validate(state, reply)
-        marks = [_mark(s) for s in states]
+        texts = [self._validate(state, reply) for state, reply in zip(states, replies, strict=True)]
+        marks = [_Mark.of(s) for s in states]
         try:
-            return self._advance(states, replies)
+            return self._advance(states, texts)
         except BaseException:
             for state, mark in zip(states, marks, strict=True):
-                self._rollback(state, mark)
+                mark.restore(state)
             raise
 
     def score(self, states: Sequence[ConversationState], replies: Sequence[str]) -> list[Score]:
@@ -164,23 +184,27 @@ class ConversationCore:
         by_task: dict[str, list[int]] = defaultdict(list)
         for index, state in enumerate(states):
             by_task[state.intent.task].append(index)
-        scores: list[Score | None] = [None] * len(states)
-        for task_name, indices in by_task.items():
-            task = self._task(task_name)
-            batch = task.score_many(
+        scores: dict[int, Score] = {}
+        for task, indices in by_task.items():
+            batch = self.scorer(task).score_many(
                 [replies[i] for i in indices], [states[i].intent for i in indices]
             )
-            for index, score in zip(indices, batch, strict=True):
-                scores[index] = score
-        return [s for s in scores if s is not None]
+            scores.update(zip(indices, batch, strict=True))
+        return [scores[i] for i in range(len(states))]
+
+    def scorer(self, task: str) -> Scorer:
+        """The scorer of ``task``, built on first use."""
+        if task not in self.scorers:
+            self.scorers[task] = make_scorer(task)
+        return self.scorers[task]
+
+    def close(self) -> None:
+        """Release the scorers' resources (sandbox workers)."""
+        for scorer in self.scorers.values():
+            scorer.close()
 
     # ------------------------------------------------------------------ internals
-    def _task(self, name: str) -> Task:
-        if name not in self.tasks:
-            self.tasks[name] = make_task(name)
-        return self.tasks[name]
-
-    def _validate(self, state: ConversationState, reply: Any) -> None:
+    def _validate(self, state: ConversationState, reply: object) -> str:
         if not isinstance(reply, str):
             raise TypeError(f"an assistant reply must be a str, got {type(reply).__name__}")
         if len(reply) > self.max_reply_chars:
@@ -194,44 +218,49 @@ class ConversationCore:
                 f"the episode already ended ({state.termination_reason}); "
                 "call reset() to start a new one"
             )
+        return reply
 
     def _advance(
         self, states: Sequence[ConversationState], replies: Sequence[str]
-    ) -> list[StepOutcome]:
+    ) -> list[Transition]:
         for state, reply in zip(states, replies, strict=True):
             state.messages.append(Message(role="assistant", content=reply))
         scores = self.score(states, replies)
         labels = self.labeler.label_many(replies, scores)
-        need_turn: list[ConversationState] = []
+        continuing: list[ConversationState] = []
         for state, score, label in zip(states, scores, labels, strict=True):
             state.scores.append(score)
             state.reply_labels.append(label)
             if score.solved:
-                self._end(state, TerminationReason.SOLVED)
-            elif len(state.scores) >= self.max_turns:
-                self._end(state, TerminationReason.MAX_TURNS)
+                state.termination_reason = TerminationReason.SOLVED
+            elif len(state.scores) >= self.max_replies:
+                state.termination_reason = TerminationReason.MAX_REPLIES
             else:
-                need_turn.append(state)
-        if need_turn:
-            turns = self._call_simulator(need_turn)
-            for state, turn in zip(need_turn, turns, strict=True):
+                continuing.append(state)
+        if continuing:
+            turns = self._call_simulator(continuing)
+            for state, turn in zip(continuing, turns, strict=True):
                 self._record_user_turn(state, turn)
-                if turn.ended:
-                    self._end(state, TerminationReason.USER_ENDED)
-        return [self._outcome(s, sc) for s, sc in zip(states, scores, strict=True)]
+        return [_transition(s, sc) for s, sc in zip(states, scores, strict=True)]
 
     def _first_turns(self, states: Sequence[ConversationState]) -> list[UserTurn]:
-        turns = self._call_simulator(states)
-        for _ in range(_FIRST_TURN_TRIES - 1):
-            pending = [i for i, t in enumerate(turns) if t.ended]
-            if not pending:
-                break
-            retried = self._call_simulator([states[i] for i in pending])
-            for index, turn in zip(pending, retried, strict=True):
-                turns[index] = turn
-        if any(t.ended for t in turns):
+        """First turns through the shared retry loop; a retry re-seeds the conversation so
+        that a seeded simulator can say something else."""
+
+        def generate(pending: list[ConversationState], attempt: int) -> list[UserTurn]:
+            if attempt:
+                for state in pending:
+                    state.seed = (state.seed * 7_919 + attempt) % (2**31 - 1)
+            return self._call_simulator(pending)
+
+        def vet(_: ConversationState, turn: UserTurn) -> Verdict[UserTurn]:
+            return Verdict.reject("ended") if turn.ended else Verdict.accept(turn)
+
+        outcomes = resample(list(states), generate, vet, tries=FIRST_TURN_TRIES)
+        turns = [outcome.value for outcome in outcomes]
+        if any(turn is None for turn in turns):
             raise SimulatorError("the simulator ended a conversation before its first user turn")
-        return turns
+        return [turn for turn in turns if turn is not None]
 
     def _call_simulator(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         turns = list(self.simulator.respond(states))
@@ -243,94 +272,24 @@ class ConversationCore:
         return turns
 
     def _record_user_turn(self, state: ConversationState, turn: UserTurn) -> None:
-        state.user_turns.append(turn)
         if turn.ended:
-            state.revealed.append(())
+            state.ending = turn
+            state.termination_reason = TerminationReason.USER_ENDED
             return
+        state.user_turns.append(turn)
         state.messages.append(Message(role="user", content=turn.text))
         ids = turn.shard_ids
         if ids is None:
             ids = self.matcher.match(turn.text, state.intent)
         state.revealed.append(tuple(sorted(ids)))
 
-    @staticmethod
-    def _end(state: ConversationState, reason: str) -> None:
-        state.termination_reason = reason
 
-    @staticmethod
-    def _rollback(state: ConversationState, mark: _Mark) -> None:
-        del state.messages[mark[0] :]
-        del state.user_turns[mark[1] :]
-        del state.scores[mark[2] :]
-        del state.revealed[mark[3] :]
-        del state.reply_labels[mark[4] :]
-        state.termination_reason = mark[5]
+def _transition(state: ConversationState, score: Score) -> Transition:
+    reason = state.termination_reason
+    return Transition(
+        reward=score.reward,
+        terminated=reason in (TerminationReason.SOLVED, TerminationReason.USER_ENDED),
+        truncated=reason == TerminationReason.MAX_REPLIES,
+        score=score,
+    )
 
-    def _outcome(self, state: ConversationState, score: Score | None) -> StepOutcome:
-        reason = state.termination_reason
-        observation = END_MARKER if reason is not None else state.user_turns[-1].text
-        intent_id = state.intent.task_id
-        info = self.info(
-            state, score, reason, earlier=self.history.earlier(intent_id), metrics=self.metrics
-        )
-        if reason is not None:
-            self.history.add(intent_id, _user_unigrams(state))
-        return StepOutcome(
-            observation=observation,
-            reward=score.reward if score is not None else 0.0,
-            terminated=reason in (TerminationReason.SOLVED, TerminationReason.USER_ENDED),
-            truncated=reason == TerminationReason.MAX_TURNS,
-            info=info,
-        )
-
-    @staticmethod
-    def info(
-        state: ConversationState,
-        score: Score | None,
-        reason: str | None,
-        *,
-        earlier: Sequence[frozenset[str]] = (),
-        metrics: EpisodeMetricsConfig | None = None,
-    ) -> dict[str, Any]:
-        """The ``info`` dict of a step.
-
-        Keys: ``messages`` (OpenAI chat format, copied), ``turn`` (user turns so far),
-        ``intent_id``, ``task``, ``attempted``/``solved``/``score_detail`` (of the reply just
-        scored; ``False``/``False``/``""`` at reset), ``solved_any`` (any reply so far),
-        ``reply_label`` (of the reply just scored; ``None`` at reset),
-        ``termination_reason`` (``None`` while running, else ``"solved"``, ``"user_ended"``
-        or ``"max_turns"``), ``revealed_shards`` (sorted ids revealed so far), ``coverage``
-        (their fraction of all shards), ``user_ended``, ``user_turn_metadata``,
-        ``pace`` (the latest spoken user turn: ``turn``, ``words``, ``cumulative_words``,
-        ``new_shards``), ``diversity`` (``1 -`` mean unigram Jaccard of this episode's user
-        turns so far with each of the ``earlier`` episodes on the intent; ``None`` without
-        any) and, once the episode ended, ``episode_metrics`` (see
-        :func:`userlm_env.metrics.episode.episode_metrics`).
-        """
-        revealed = sorted(state.revealed_ids)
-        view = EpisodeView.from_state(state)
-        info = {
-            "messages": [dict(m) for m in state.messages],
-            "turn": state.turn,
-            "intent_id": state.intent.task_id,
-            "task": state.intent.task,
-            "attempted": bool(score and score.attempted),
-            "solved": bool(score and score.solved),
-            "score_detail": score.detail if score else "",
-            "solved_any": state.solved,
-            "reply_label": state.reply_labels[-1] if score else None,
-            "termination_reason": reason,
-            "revealed_shards": revealed,
-            "coverage": len(revealed) / len(state.intent.shards),
-            "user_ended": state.user_turns[-1].ended,
-            "user_turn_metadata": dict(state.user_turns[-1].metadata),
-            "pace": pace(view),
-            "diversity": diversity_against(unigrams(view.user_texts), earlier),
-        }
-        if reason is not None:
-            info["episode_metrics"] = episode_metrics(view, metrics)
-        return info
-
-
-def _user_unigrams(state: ConversationState) -> frozenset[str]:
-    return unigrams(t.text for t in state.user_turns if not t.ended)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +9,14 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 
-from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore, StepOutcome
+from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore
 from userlm_env.errors import EpisodeStateError, UnknownNameError
+from userlm_env.metrics.episode import EpisodeMetricsConfig
 from userlm_env.metrics.shards import ShardMatcher
+from userlm_env.observation import ObservationMode, check_mode, observation_space, observe
+from userlm_env.protocols import Simulator
 from userlm_env.spaces import UnicodeText
+from userlm_env.tracker import EpisodeTracker
 from userlm_env.types import ConversationState, Intent
 
 __all__ = [
@@ -27,8 +30,6 @@ __all__ = [
 
 #: A source of intents: a registered name, or ``{"name": ..., **kwargs}``.
 SourceSpec = str | Mapping[str, Any]
-#: Longest observation (user turn) the observation space admits.
-MAX_OBSERVATION_CHARS = 8_192
 
 
 def load_env_intents(
@@ -50,7 +51,9 @@ def load_env_intents(
     return intents
 
 
-def build_simulator(simulator: Any, kwargs: Mapping[str, Any] | None = None) -> Any:
+def build_simulator(
+    simulator: str | Simulator, kwargs: Mapping[str, Any] | None = None
+) -> Simulator:
     """A simulator object from a registered name (built with ``kwargs``) or an object as is."""
     if isinstance(simulator, str):
         from simulators import make_simulator
@@ -66,37 +69,44 @@ class EnvParts:
     """What the single and the vector env are both built from."""
 
     intents: list[Intent]  # the intents episodes draw from
-    simulator: Any  # the user simulator (the env's dynamics)
-    core: ConversationCore  # the step logic both envs share
+    simulator: Simulator  # the user simulator (the env's dynamics)
+    core: ConversationCore  # the transition both envs share
+    tracker: EpisodeTracker  # episode counters, cross-episode history and each step's info
+    observation_mode: ObservationMode  # what the agent observes
 
 
 def build_env_parts(
-    simulator: Any = "userlm",
+    simulator: str | Simulator = "userlm",
     simulator_kwargs: Mapping[str, Any] | None = None,
     *,
     sources: Sequence[SourceSpec] = ("humaneval",),
     data_path: str | Path | None = None,
     intents: Sequence[Intent] | None = None,
-    max_turns: int = 8,
+    max_replies: int = 8,
     max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
     matcher: ShardMatcher | None = None,
+    metrics: EpisodeMetricsConfig | None = None,
+    observation_mode: str = "turn",
 ) -> EnvParts:
-    """Load the intents, build the simulator and the core (arguments as for ConversationEnv).
+    """Load the intents, build the simulator, the core and the tracker (arguments as for
+    ConversationEnv).
 
     Raises:
-        ValueError: No intent was given or loaded, or ``simulator_kwargs`` came with an object.
+        ValueError: No intent was given or loaded, an unknown observation mode, or
+            ``simulator_kwargs`` came with an object.
     """
+    mode = check_mode(observation_mode)
     chosen = list(intents) if intents is not None else load_env_intents(sources, data_path)
     if not chosen:
         raise ValueError("the environment needs at least one intent")
     built = build_simulator(simulator, simulator_kwargs)
     core = ConversationCore(
-        built, max_turns=max_turns, matcher=matcher, max_reply_chars=max_reply_chars
+        built, max_replies=max_replies, matcher=matcher, max_reply_chars=max_reply_chars
     )
-    return EnvParts(intents=chosen, simulator=built, core=core)
+    return EnvParts(chosen, built, core, EpisodeTracker(metrics), mode)
 
 
-class ConversationEnv(gym.Env[str, str]):
+class ConversationEnv(gym.Env[Any, str]):
     """A multi-turn conversation with a simulated user who pursues a hidden intent.
 
     ## Description
@@ -112,8 +122,17 @@ class ConversationEnv(gym.Env[str, str]):
     :class:`~userlm_env.errors.ReplyTooLongError`. Neither changes the episode.
 
     ## Observation Space
-    ``UnicodeText(8192)``: the simulated user's latest turn. When the episode ends the
-    observation is ``"<|endconversation|>"``.
+    Set by ``observation_mode`` (:mod:`userlm_env.observation`):
+
+    * ``"turn"`` (default): ``UnicodeText(32768)``, the simulated user's latest turn; once the
+      episode is over, ``"<|endconversation|>"``. An agent keeps the chat history itself, as
+      LLM RL trainers do: it appends the observation as a ``user`` message and its own reply
+      as an ``assistant`` message.
+    * ``"conversation"``: ``Sequence(Dict(role=UnicodeText(16), content=UnicodeText(32768)))``,
+      every message so far as a tuple of ``{"role", "content"}`` dicts, for agents that keep no
+      history (Gymnasium-native; with ``AsyncVectorEnv`` pass ``shared_memory=False``).
+
+    The intent, its shards and its reference are never observed.
 
     ## Rewards
     The task's verifiable reward for the reply just given: 1.0 for the first reply that solves
@@ -125,18 +144,20 @@ class ConversationEnv(gym.Env[str, str]):
 
     ## Episode End
     Termination: the reply solves the task (``"solved"``), or the user ends the conversation
-    (``"user_ended"``). Truncation: ``max_turns`` replies were given (``"max_turns"``).
+    (``"user_ended"``). Truncation: ``max_replies`` replies were given (``"max_replies"``).
 
     ## Information
     ``reset`` and ``step`` return ``info`` with: ``messages`` (the conversation in OpenAI chat
-    format), ``turn`` (user turns so far), ``intent_id``, ``task``, ``attempted``, ``solved``
-    and ``score_detail`` (for the reply just scored), ``solved_any``, ``termination_reason``
-    (``None`` while running), ``revealed_shards`` (ids revealed so far), ``coverage`` (their
-    fraction of the intent's shards), ``user_ended``, ``user_turn_metadata`` (simulator facts,
-    e.g. guardrail tries), ``pace`` (the latest user turn's index, words, the user's words so
-    far and the shards it newly revealed), ``diversity`` (unigram difference of this episode's
-    user turns with earlier finished episodes on the intent; ``None`` for the first),
-    ``episode_metrics`` once the episode ended (intent coverage, repeat required, skip
+    format), ``user_turns`` (spoken user turns so far; the user ending the conversation is not
+    a turn), ``replies`` (assistant replies so far), ``intent_id``, ``task``, ``attempted``,
+    ``solved`` and ``score_detail`` (for the reply just scored), ``solved_any``,
+    ``reply_label``, ``termination_reason`` (``None`` while running), ``revealed_shards`` (ids
+    revealed so far), ``coverage`` (their share of the intent's shards), ``user_ended``,
+    ``user_turn_metadata`` (simulator facts about what the user said last, e.g. guardrail
+    tries), ``pace`` (the latest user turn's index ``user_turn``, its ``words``, the user's
+    ``cumulative_words`` and the ``new_shards`` it revealed), ``diversity`` (unigram difference
+    of this episode's user turns with earlier finished episodes on the intent; ``None`` for the
+    first), ``episode_metrics`` once the episode ended (intent coverage, repeat required, skip
     non-required, add demands and the role-break / drift / premature-end flags; see
     :mod:`userlm_env.metrics.episode`) and ``episode_index`` (earlier episodes on this intent
     in this env since the last ``reset`` with an explicit ``seed``, which starts a fresh
@@ -150,9 +171,11 @@ class ConversationEnv(gym.Env[str, str]):
       "data_path": ...}``); ``data_path``: a GSM8k ``.jsonl`` or Lost-in-Conversation ``.json``
       file, used instead of ``sources``; ``intents``: a list of :class:`Intent`, used instead of
       both. The intents are public as ``env.unwrapped.intents``.
-    * ``max_turns``: replies allowed per episode (default 8).
+    * ``max_replies``: assistant replies allowed per episode (default 8).
     * ``max_reply_chars``: the action-size limit.
     * ``matcher``: a :class:`ShardMatcher` for simulators that do not report their shards.
+    * ``metrics``: settings of the episode metrics (:class:`EpisodeMetricsConfig`).
+    * ``observation_mode``: ``"turn"`` (default) or ``"conversation"``.
     * ``render_mode``: ``"ansi"`` renders the transcript as text.
 
     ## Version History
@@ -163,15 +186,17 @@ class ConversationEnv(gym.Env[str, str]):
 
     def __init__(
         self,
-        simulator: Any = "userlm",
+        simulator: str | Simulator = "userlm",
         *,
         simulator_kwargs: Mapping[str, Any] | None = None,
         sources: Sequence[SourceSpec] = ("humaneval",),
         data_path: str | Path | None = None,
         intents: Sequence[Intent] | None = None,
-        max_turns: int = 8,
+        max_replies: int = 8,
         max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
         matcher: ShardMatcher | None = None,
+        metrics: EpisodeMetricsConfig | None = None,
+        observation_mode: str = "turn",
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -182,48 +207,50 @@ class ConversationEnv(gym.Env[str, str]):
             sources=sources,
             data_path=data_path,
             intents=intents,
-            max_turns=max_turns,
+            max_replies=max_replies,
             max_reply_chars=max_reply_chars,
             matcher=matcher,
+            metrics=metrics,
+            observation_mode=observation_mode,
         )
-        self.intents, self.simulator, self.core = parts.intents, parts.simulator, parts.core
-        self._by_id = {intent.task_id: intent for intent in self.intents}
+        self.intents, self.simulator = parts.intents, parts.simulator
+        self.core, self.tracker = parts.core, parts.tracker
+        self.observation_mode = parts.observation_mode
+        self._by_id = {intent.intent_id: intent for intent in self.intents}
         self.render_mode = render_mode
         self.action_space = UnicodeText(max_reply_chars)
-        self.observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
+        self.observation_space = observation_space(self.observation_mode)
         self.state: ConversationState | None = None
-        self._episodes_per_intent: Counter[str] = Counter()
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """Start a conversation; returns the first user turn and ``info``."""
+    ) -> tuple[Any, dict[str, Any]]:
+        """Start a conversation; returns the first observation and ``info``."""
         super().reset(seed=seed)
         if seed is not None:  # a new seed starts a new experiment: forget the episode history
-            self._episodes_per_intent.clear()
-            self.core.history.clear()  # the user turns behind info["diversity"]
+            self.tracker.forget()
         intent = self._pick_intent(options or {})
         state = ConversationState(
             intent=intent,
             seed=int(self.np_random.integers(2**31 - 1)),
-            episode_index=self._episodes_per_intent[intent.task_id],
+            episode_index=self.tracker.next_index(intent.intent_id),
         )
-        outcome = self.core.start([state])[0]
+        transition = self.core.start([state])[0]
+        self.tracker.started(state)
         self.state = state
-        self._episodes_per_intent[intent.task_id] += 1
-        return outcome.observation, self._info(outcome)
+        return observe(state, self.observation_mode), self.tracker.info(state, transition)
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Score the assistant reply ``action`` and return the next user turn."""
+    def step(self, action: str) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Score the assistant reply ``action`` and return the next observation."""
         if self.state is None:
             raise EpisodeStateError("step() called before reset(): call reset() first")
-        outcome = self.core.advance([self.state], [action])[0]
+        transition = self.core.advance([self.state], [action])[0]
         return (
-            outcome.observation,
-            outcome.reward,
-            outcome.terminated,
-            outcome.truncated,
-            self._info(outcome),
+            observe(self.state, self.observation_mode),
+            transition.reward,
+            transition.terminated,
+            transition.truncated,
+            self.tracker.info(self.state, transition),
         )
 
     def render(self) -> str | None:
@@ -233,11 +260,8 @@ class ConversationEnv(gym.Env[str, str]):
         return "\n".join(f"[{m['role']}] {m['content']}" for m in self.state.messages)
 
     def close(self) -> None:
-        """Release the tasks' resources (sandbox workers)."""
-        for task in self.core.tasks.values():
-            closer = getattr(task, "close", None)
-            if callable(closer):
-                closer()
+        """Release the scorers' resources (sandbox workers)."""
+        self.core.close()
         super().close()
 
     def _pick_intent(self, options: Mapping[str, Any]) -> Intent:
@@ -248,7 +272,3 @@ class ConversationEnv(gym.Env[str, str]):
             return self._by_id[intent_id]
         except KeyError:
             raise UnknownNameError(f"no intent with id {intent_id!r} in this environment") from None
-
-    def _info(self, outcome: StepOutcome) -> dict[str, Any]:
-        assert self.state is not None
-        return {**outcome.info, "episode_index": self.state.episode_index}

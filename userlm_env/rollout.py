@@ -2,31 +2,36 @@
 
 :func:`run_episodes` keeps up to ``batch_size`` conversations in flight: each iteration makes one
 batched assistant call and one :meth:`ConversationCore.advance` (hence one batched simulator
-call), and new conversations join as soon as others finish. Every finished episode is handed to
-``on_done`` at once, so a crash later never loses it (:class:`JsonlWriter` appends, flushes and
-fsyncs each record).
+call), and new conversations join as soon as others finish. The assistant sees each
+conversation's messages only (and the intent id, which scripted assistants use to find their
+answer key). No per-step metrics are computed: each finished episode's metrics are computed
+once, into its :class:`EpisodeRecord`, which is handed to ``on_done`` at once, so a crash later
+never loses it (:class:`userlm_env.records.JsonlWriter` appends, flushes and fsyncs each
+record).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from userlm_env.core import ConversationCore
-from userlm_env.types import ConversationState, Intent
+from userlm_env.metrics.episode import (
+    EpisodeMetricsConfig,
+    EpisodeView,
+    episode_metrics,
+    shard_coverage,
+)
+from userlm_env.protocols import Assistant
+from userlm_env.records import EpisodeRecord, intent_summary
+from userlm_env.types import AssistantReply, ConversationState, Intent
 
 __all__ = [
     "EpisodeJob",
-    "EpisodeRecord",
-    "JsonlWriter",
     "first_per_task",
     "make_jobs",
-    "read_records",
     "record_of",
     "run_episodes",
 ]
@@ -43,34 +48,7 @@ class EpisodeJob:
     @property
     def key(self) -> str:
         """Stable identity of the episode, used to resume runs."""
-        return f"{self.intent.task_id}#{self.repeat}"
-
-
-@dataclass
-class EpisodeRecord:
-    """A finished (or failed) episode, as written to ``results.jsonl``."""
-
-    key: str
-    task: str
-    intent_id: str
-    repeat: int
-    seed: int
-    turns: int
-    solved: bool
-    attempts: int
-    termination_reason: str | None
-    coverage: float
-    revealed: list[list[int]]
-    messages: list[dict[str, str]]
-    user_turn_metadata: list[dict[str, Any]] = field(default_factory=list)
-    reply_labels: list[str] = field(default_factory=list)
-    cost: float | None = None
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        """One JSON line."""
-        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+        return f"{self.intent.intent_id}#{self.repeat}"
 
 
 def first_per_task(intents: Sequence[Intent], limit: int | None) -> list[Intent]:
@@ -89,49 +67,63 @@ def first_per_task(intents: Sequence[Intent], limit: int | None) -> list[Intent]
 def make_jobs(intents: Sequence[Intent], n_per_intent: int, seed: int = 0) -> list[EpisodeJob]:
     """``n_per_intent`` jobs per intent, each with a seed fixed by (seed, intent, repeat)."""
     return [
-        EpisodeJob(intent, repeat, zlib.crc32(f"{seed}:{intent.task_id}:{repeat}".encode()))
+        EpisodeJob(intent, repeat, zlib.crc32(f"{seed}:{intent.intent_id}:{repeat}".encode()))
         for intent in intents
         for repeat in range(n_per_intent)
     ]
 
 
-def record_of(job: EpisodeJob, state: ConversationState, error: str | None = None) -> EpisodeRecord:
-    """The record of an episode from its final state."""
+def record_of(
+    job: EpisodeJob,
+    state: ConversationState,
+    error: str | None = None,
+    *,
+    cost: float | None = 0.0,
+    metrics: EpisodeMetricsConfig | None = None,
+) -> EpisodeRecord:
+    """The record of an episode from its final state; the episode metrics are computed here
+    (once) unless the episode failed."""
+    turns = [*state.user_turns, *([state.ending] if state.ending is not None else [])]
     return EpisodeRecord(
         key=job.key,
         task=job.intent.task,
-        intent_id=job.intent.task_id,
+        intent_id=job.intent.intent_id,
         repeat=job.repeat,
         seed=job.seed,
-        turns=sum(1 for t in state.user_turns if not t.ended),
+        user_turns=len(state.user_turns),
+        replies=len(state.scores),
         solved=state.solved,
         attempts=sum(1 for s in state.scores if s.attempted),
         termination_reason=state.termination_reason,
-        coverage=len(state.revealed_ids) / len(job.intent.shards),
+        coverage=shard_coverage(job.intent, state.revealed_ids),
         revealed=[list(ids) for ids in state.revealed],
         messages=[dict(m) for m in state.messages],
-        user_turn_metadata=[dict(t.metadata) for t in state.user_turns],
+        user_turn_metadata=[dict(t.metadata) for t in turns],
         reply_labels=list(state.reply_labels),
+        cost=cost,
         error=error,
+        intent=intent_summary(job.intent),
+        metrics={} if error else episode_metrics(EpisodeView.from_state(state), metrics),
     )
 
 
 def run_episodes(
     jobs: Iterable[EpisodeJob],
     core: ConversationCore,
-    assistant: Any,
+    assistant: Assistant,
     *,
     batch_size: int = 16,
     on_done: Callable[[EpisodeRecord], None] | None = None,
+    metrics: EpisodeMetricsConfig | None = None,
 ) -> list[EpisodeRecord]:
     """Run every job to its end and return the records in completion order.
 
-    A failure confined to one episode (an assistant row that came back as an exception, a
+    A failure confined to one episode (an assistant row that came back with an error, a
     simulator call that fails for that conversation alone) ends that episode with ``error`` set;
     the others go on. When a batched call fails, its conversations are retried one by one to
-    find which ones fail.
+    find which ones fail. ``metrics`` configures the episode metrics of the records.
     """
-    runner = _Runner(core, assistant, on_done)
+    runner = _Runner(core, assistant, on_done, metrics)
     queue = list(jobs)
     queue.reverse()
     while queue or runner.active:
@@ -141,17 +133,22 @@ def run_episodes(
     return runner.records
 
 
+_Pair = tuple[EpisodeJob, ConversationState]
+
+
 class _Runner:
     """The in-flight conversations of :func:`run_episodes` and their book-keeping."""
 
     def __init__(
         self,
         core: ConversationCore,
-        assistant: Any,
+        assistant: Assistant,
         on_done: Callable[[EpisodeRecord], None] | None,
+        metrics: EpisodeMetricsConfig | None,
     ) -> None:
         self.core, self.assistant, self.on_done = core, assistant, on_done
-        self.active: list[tuple[EpisodeJob, ConversationState]] = []
+        self.metrics = metrics
+        self.active: list[_Pair] = []
         self.records: list[EpisodeRecord] = []
         self.costs: dict[str, float | None] = {}
 
@@ -161,18 +158,17 @@ class _Runner:
         self.active.extend(started)
 
     def step(self) -> None:
-        replies = self.assistant.respond([state for _, state in self.active])
-        self._add_costs(getattr(self.assistant, "last_costs", None))
-        ok, ok_replies = [], []
+        replies = self._replies()
+        ok: list[_Pair] = []
         for pair, reply in zip(self.active, replies, strict=True):
-            if isinstance(reply, BaseException):
-                self._finish(*pair, error=_describe(reply))
+            self._add_cost(pair[0].key, reply.cost)
+            if reply.error is not None:
+                self._finish(*pair, error=reply.error)
             else:
                 ok.append(pair)
-                ok_replies.append(reply)
-        by_state = {id(state): reply for (_, state), reply in zip(ok, ok_replies, strict=True)}
+        by_state = {id(s): r.text for (_, s), r in zip(self.active, replies, strict=True)}
 
-        def advance(batch: list[tuple[EpisodeJob, ConversationState]]) -> None:
+        def advance(batch: list[_Pair]) -> None:
             self.core.advance([s for _, s in batch], [by_state[id(s)] for _, s in batch])
 
         survivors = self._isolate(ok, advance)
@@ -180,11 +176,23 @@ class _Runner:
             self._finish(*pair)
         self.active = [p for p in survivors if not p[1].over]
 
-    def _isolate(
-        self,
-        pairs: list[tuple[EpisodeJob, ConversationState]],
-        call: Callable[[list[tuple[EpisodeJob, ConversationState]]], Any],
-    ) -> list[tuple[EpisodeJob, ConversationState]]:
+    def _replies(self) -> list[AssistantReply]:
+        """One reply per active conversation; a failed assistant call fails every row."""
+        states = [state for _, state in self.active]
+        try:
+            replies = self.assistant.respond(
+                [list(s.messages) for s in states],
+                intent_ids=[s.intent.intent_id for s in states],
+                seeds=[s.turn_seed() for s in states],
+            )
+        except Exception as error:
+            return [AssistantReply.failed(error) for _ in states]
+        if len(replies) != len(states):
+            error = ValueError(f"the assistant gave {len(replies)} replies for {len(states)}")
+            return [AssistantReply.failed(error) for _ in states]
+        return list(replies)
+
+    def _isolate(self, pairs: list[_Pair], call: Callable[[list[_Pair]], Any]) -> list[_Pair]:
         """Run ``call`` on the batch; if it fails, on each pair alone. Returns the pairs that
         succeeded; the others are finished with their error."""
         if not pairs:
@@ -205,17 +213,13 @@ class _Runner:
                 self._finish(*pair, error=_describe(error))
         return survivors
 
-    def _add_costs(self, costs: Sequence[float | None] | None) -> None:
-        if costs is None:
-            return
-        for (job, _), cost in zip(self.active, costs, strict=False):
-            known = self.costs.get(job.key, 0.0)
-            self.costs[job.key] = None if cost is None or known is None else known + cost
+    def _add_cost(self, key: str, cost: float | None) -> None:
+        known = self.costs.get(key, 0.0)
+        self.costs[key] = None if cost is None or known is None else known + cost
 
     def _finish(self, job: EpisodeJob, state: ConversationState, error: str | None = None) -> None:
-        record = record_of(job, state, error=error)
-        priced = hasattr(self.assistant, "last_costs")  # local assistants cost nothing
-        record.cost = self.costs.pop(job.key, None) if priced else 0.0
+        cost = self.costs.pop(job.key, 0.0)
+        record = record_of(job, state, error=error, cost=cost, metrics=self.metrics)
         self.records.append(record)
         if self.on_done is not None:
             self.on_done(record)
@@ -225,29 +229,3 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
 
 
-class JsonlWriter:
-    """Appends one JSON line per record, flushed and fsynced before returning."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, record: EpisodeRecord) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(record.to_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (a crash mid-write) is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypedDict
 
 __all__ = [
     "END_MARKER",
+    "AssistantReply",
     "ConversationState",
     "Intent",
     "Message",
@@ -63,7 +64,7 @@ class Intent:
 
     Attributes:
         task: Name of the verifiable task that scores replies (``"gsm8k"`` or ``"humaneval"``).
-        task_id: Stable identifier, e.g. ``"HumanEval/0"``, ``"gsm8k/17"``.
+        intent_id: Stable identifier, e.g. ``"HumanEval/0"``, ``"gsm8k/17"``.
         instruction: The fully specified, single-turn instruction.
         shards: The sharded instruction; together the shards carry ``instruction``.
         reference: Task data for scoring (``{"answer": "18"}`` for math; ``prompt``, ``test``,
@@ -71,14 +72,14 @@ class Intent:
     """
 
     task: str
-    task_id: str
+    intent_id: str
     instruction: str
     shards: tuple[Shard, ...]
     reference: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.shards:
-            raise ValueError(f"intent {self.task_id!r} has no shards")
+            raise ValueError(f"intent {self.intent_id!r} has no shards")
         object.__setattr__(self, "shards", tuple(self.shards))
         object.__setattr__(self, "reference", MappingProxyType(dict(self.reference)))
 
@@ -144,41 +145,60 @@ class Score:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class AssistantReply:
+    """One assistant reply, as an :class:`~userlm_env.protocols.Assistant` returns it.
+
+    Attributes:
+        text: The reply (``""`` when ``error`` is set).
+        cost: USD spent on it: ``0.0`` for local models, ``None`` when the price is unknown.
+        error: Why no reply could be produced (``"LLMCallError: ..."``), else ``None``.
+    """
+
+    text: str
+    cost: float | None = 0.0
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, error: BaseException) -> AssistantReply:
+        """The reply of a row whose call failed: no text, unknown cost, the error named."""
+        return cls(text="", cost=None, error=f"{type(error).__name__}: {error}"[:2000])
+
+
 @dataclass
 class ConversationState:
     """Everything about one conversation in progress.
 
-    Simulators and assistants read it but keep nothing of their own between calls.
+    Simulators read it whole; assistants only ever see its ``messages``. Words: a *user turn*
+    is a message the user spoke; the user *ending* the conversation (the end marker) is not a
+    turn; an *assistant reply* is the assistant's message.
 
     Attributes:
         intent: What the user wants.
         seed: Per-conversation seed drawn from the env's ``np_random`` at reset; samplers
             derive per-turn seeds from it with :meth:`turn_seed`.
-        messages: User and assistant messages so far (OpenAI format, no system message).
-        user_turns: The simulator's turns so far, aligned with the user messages.
-        scores: The task's score for each assistant reply so far.
+        messages: User turns and assistant replies so far (OpenAI format, no system message).
+        user_turns: The simulator's spoken turns so far, aligned with the user messages.
+        ending: The simulator's turn that ended the conversation, once the user ended it.
+        scores: The scorer's verdict on each assistant reply so far.
         reply_labels: A label for each assistant reply ("answer_attempt", "clarification",
             "discussion", "other"; see :mod:`userlm_env.labels`).
         revealed: For each user turn, the shard ids it revealed.
         episode_index: How many episodes on this intent the env ran before this one.
         termination_reason: ``None`` while the episode runs, else why it ended
-            (``"solved"``, ``"user_ended"``, ``"max_turns"``).
+            (``"solved"``, ``"user_ended"``, ``"max_replies"``).
     """
 
     intent: Intent
     seed: int
     messages: list[Message] = field(default_factory=list)
     user_turns: list[UserTurn] = field(default_factory=list)
+    ending: UserTurn | None = None
     scores: list[Score] = field(default_factory=list)
     reply_labels: list[str] = field(default_factory=list)
     revealed: list[tuple[int, ...]] = field(default_factory=list)
     episode_index: int = 0
     termination_reason: str | None = None
-
-    @property
-    def turn(self) -> int:
-        """Number of user turns so far (the first user turn is turn 1)."""
-        return len(self.user_turns)
 
     @property
     def revealed_ids(self) -> frozenset[int]:
@@ -201,6 +221,16 @@ class ConversationState:
         return self.termination_reason is not None
 
     @property
+    def user_ended(self) -> bool:
+        """Whether the user ended the conversation."""
+        return self.ending is not None
+
+    @property
+    def last_user_turn(self) -> UserTurn:
+        """What the simulator said last: the ending, else the latest spoken turn."""
+        return self.ending if self.ending is not None else self.user_turns[-1]
+
+    @property
     def last_reply(self) -> str | None:
         """The latest assistant reply, if any."""
         for message in reversed(self.messages):
@@ -209,5 +239,5 @@ class ConversationState:
         return None
 
     def turn_seed(self) -> int:
-        """A seed for sampling the next user turn: fixed by ``seed`` and the turn index."""
-        return (self.seed * 1_000_003 + self.turn) % (2**31 - 1)
+        """A seed for sampling the next user turn: fixed by ``seed`` and the turns so far."""
+        return (self.seed * 1_000_003 + len(self.user_turns)) % (2**31 - 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -11,9 +10,11 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from userlm_env.core import StepOutcome
-from userlm_env.env import MAX_OBSERVATION_CHARS, build_env_parts
+from userlm_env.core import Transition
+from userlm_env.env import build_env_parts
 from userlm_env.errors import EpisodeStateError
+from userlm_env.observation import observation_space, observe
+from userlm_env.protocols import Simulator
 from userlm_env.spaces import UnicodeText
 from userlm_env.types import ConversationState
 
@@ -50,7 +51,7 @@ class ConversationVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int,
-        simulator: Any = "userlm",
+        simulator: str | Simulator = "userlm",
         *,
         autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
         **env_kwargs: Any,
@@ -62,8 +63,9 @@ class ConversationVectorEnv(VectorEnv):
             simulator: A registered simulator name or a simulator object, as for the single env.
             autoreset_mode: ``SAME_STEP`` (default) or ``DISABLED``; ``NEXT_STEP`` is refused.
             **env_kwargs: The single env's other settings (``simulator_kwargs``, ``sources``,
-                ``data_path``, ``intents``, ``max_turns``, ``max_reply_chars``, ``matcher``),
-                with its defaults; see :func:`userlm_env.env.build_env_parts`.
+                ``data_path``, ``intents``, ``max_replies``, ``max_reply_chars``, ``matcher``,
+                ``metrics``, ``observation_mode``), with its defaults; see
+                :func:`userlm_env.env.build_env_parts`.
 
         Raises:
             ValueError: ``NEXT_STEP`` autoreset, or no intents.
@@ -75,74 +77,70 @@ class ConversationVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.num_envs = num_envs
         parts = build_env_parts(simulator, **env_kwargs)
-        self.intents, self.simulator, self.core = parts.intents, parts.simulator, parts.core
+        self.intents, self.simulator = parts.intents, parts.simulator
+        self.core, self.tracker = parts.core, parts.tracker
+        self.observation_mode = parts.observation_mode
         self.single_action_space = UnicodeText(self.core.max_reply_chars)
-        self.single_observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
+        self.single_observation_space = observation_space(self.observation_mode)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.states: list[ConversationState | None] = [None] * num_envs
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
-        self._episodes_per_intent: Counter[str] = Counter()
 
     def reset(
         self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Start conversations (all, or those in ``options["reset_mask"]``)."""
         options = dict(options or {})
         mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)))
         self._seed(seed)
         indices = [i for i in range(self.num_envs) if mask[i]]
-        outcomes = self._start(indices)
-        observations = [s.user_turns[-1].text if s else "" for s in self.states]
         infos: dict[str, Any] = {}
-        for i in indices:
-            infos = self._add_info(infos, self._info(i, outcomes[i]), i)
-        return tuple(observations), infos
+        for i, info in self._start(indices).items():
+            infos = self._add_info(infos, info, i)
+        return tuple(self._observe(i) for i in range(self.num_envs)), infos
 
     def step(
         self, actions: Sequence[str]
-    ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    ) -> tuple[tuple[Any, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Score one reply per conversation; start new episodes where one ended (same step)."""
         if len(actions) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
-        if any(s is None for s in self.states):
-            raise EpisodeStateError("step() called before reset(): call reset() first")
         states = [s for s in self.states if s is not None]
-        outcomes = self.core.advance(states, list(actions))
-        rewards = np.array([o.reward for o in outcomes], dtype=np.float64)
-        terminated = np.array([o.terminated for o in outcomes], dtype=np.bool_)
-        truncated = np.array([o.truncated for o in outcomes], dtype=np.bool_)
-        observations = [o.observation for o in outcomes]
-        infos: dict[str, Any] = {}
-        ended = [i for i, o in enumerate(outcomes) if o.done]
+        if len(states) != self.num_envs:
+            raise EpisodeStateError("step() called before reset(): call reset() first")
+        transitions = self.core.advance(states, list(actions))
+        infos_by_env = [self.tracker.info(s, t) for s, t in zip(states, transitions, strict=True)]
+        observations = [observe(s, self.observation_mode) for s in states]
+        ended = [i for i, t in enumerate(transitions) if t.done]
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and ended:
-            fresh = self._start(ended)
-            for i in ended:
-                final_info = self._info(i, outcomes[i], states[i])
-                outcomes[i] = fresh[i]
-                outcomes[i].info.update(final_obs=observations[i], final_info=final_info)
-                observations[i] = fresh[i].observation
-        for i, outcome in enumerate(outcomes):
-            infos = self._add_info(infos, self._info(i, outcome), i)
-        return tuple(observations), rewards, terminated, truncated, infos
+            for i, info in self._start(ended).items():
+                info.update(final_obs=observations[i], final_info=infos_by_env[i])
+                infos_by_env[i], observations[i] = info, self._observe(i)
+        infos: dict[str, Any] = {}
+        for i, info in enumerate(infos_by_env):
+            infos = self._add_info(infos, info, i)
+        return (tuple(observations), *_arrays(transitions), infos)
 
     def _seed(self, seed: int | Sequence[int] | None) -> None:
         if seed is None:
             return
-        self._episodes_per_intent.clear()  # a new seed starts a new experiment
-        self.core.history.clear()  # and forgets the user turns behind info["diversity"]
+        self.tracker.forget()  # a new seed starts a new experiment
         seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
         if len(seeds) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
         self._rngs = [seeding.np_random(int(s))[0] for s in seeds]
 
-    def _start(self, indices: Sequence[int]) -> dict[int, StepOutcome]:
+    def _start(self, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Start fresh conversations at ``indices``; their first ``info`` by index."""
         states = [self._new_state(i) for i in indices]
-        outcomes = self.core.start(states)
-        for i, state in zip(indices, states, strict=True):
+        transitions = self.core.start(states)
+        infos = {}
+        for i, state, transition in zip(indices, states, transitions, strict=True):
             self.states[i] = state
-            self._episodes_per_intent[state.intent.task_id] += 1
-        return dict(zip(indices, outcomes, strict=True))
+            self.tracker.started(state)
+            infos[i] = self.tracker.info(state, transition)
+        return infos
 
     def _new_state(self, index: int) -> ConversationState:
         rng = self._rngs[index]
@@ -150,19 +148,21 @@ class ConversationVectorEnv(VectorEnv):
         return ConversationState(
             intent=intent,
             seed=int(rng.integers(2**31 - 1)),
-            episode_index=self._episodes_per_intent[intent.task_id],
+            episode_index=self.tracker.next_index(intent.intent_id),
         )
 
-    def _info(
-        self, index: int, outcome: StepOutcome, state: ConversationState | None = None
-    ) -> dict[str, Any]:
-        state = state or self.states[index]
-        assert state is not None
-        return {**outcome.info, "episode_index": state.episode_index}
+    def _observe(self, index: int) -> Any:
+        state = self.states[index]
+        return observe(state, self.observation_mode) if state is not None else ""
 
     def close_extras(self, **kwargs: Any) -> None:
-        """Release the tasks' resources (sandbox workers)."""
-        for task in self.core.tasks.values():
-            closer = getattr(task, "close", None)
-            if callable(closer):
-                closer()
+        """Release the scorers' resources (sandbox workers)."""
+        self.core.close()
+
+
+def _arrays(transitions: Sequence[Transition]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rewards, terminations and truncations as arrays."""
+    rewards = np.array([t.reward for t in transitions], dtype=np.float64)
+    terminated = np.array([t.terminated for t in transitions], dtype=np.bool_)
+    truncated = np.array([t.truncated for t in transitions], dtype=np.bool_)
+    return rewards, terminated, truncated

@@ -29,11 +29,11 @@ def test_export_gsm8k_and_gsm_symbolic(tmp_path: Path) -> None:
     gsm8k = tmp_path / "gsm8k.json"
     args = ["export", "--source", "gsm8k", "--data-path", str(gsm8k_path()), "--limit", "4"]
     assert main([*args, "--out", str(gsm8k)]) == 0
-    assert [i.task_id for i in load_lic_json(gsm8k)] == [f"gsm8k/{i}" for i in range(4)]
+    assert [i.intent_id for i in load_lic_json(gsm8k)] == [f"gsm8k/{i}" for i in range(4)]
     symbolic = tmp_path / "symbolic.json"
     args = ["export", "--source", "gsm_symbolic", "--n", "3", "--seed", "5"]
     assert main([*args, "--out", str(symbolic)]) == 0
-    assert [i.task_id for i in load_lic_json(symbolic)] == [f"gsm_symbolic/5-{i}" for i in range(3)]
+    assert [i.intent_id for i in load_lic_json(symbolic)] == [f"gsm_symbolic/5-{i}" for i in range(3)]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ through the real :class:`~userlm_env.llm.LLMClient` and the local llama.cpp serv
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,7 @@ def test_shard_many_batches_each_try_and_only_retries_failures() -> None:
 def test_accepted_shards_are_cached_on_disk_per_model(tmp_path: Path) -> None:
     first = LLMSharder(ScriptedClient([GOOD_MATH]), cache_dir=tmp_path)
     shards = first.shard(MATH, "gsm8k")
-    (cached,) = tmp_path.glob("*.json")
+    (cached,) = tmp_path.rglob("*.json")
     record = json.loads(cached.read_text(encoding="utf-8"))
     assert record["model"] == "stub/sharder" and record["instruction"] == MATH
 
@@ -268,20 +269,29 @@ def test_accepted_shards_are_cached_on_disk_per_model(tmp_path: Path) -> None:
     other_model = ScriptedClient([GOOD_MATH], config=Config(model="stub/other"))
     LLMSharder(other_model, cache_dir=tmp_path).shard(MATH, "gsm8k")
     assert len(other_model.calls) == 1
-    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert len(list(tmp_path.rglob("*.json"))) == 2
 
 
-def test_corrupt_cache_file_is_reported(tmp_path: Path) -> None:
-    LLMSharder(ScriptedClient([GOOD_MATH]), cache_dir=tmp_path).shard(MATH, "gsm8k")
-    (cached,) = tmp_path.glob("*.json")
+def test_corrupt_cache_file_is_reported_and_asked_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shards = LLMSharder(ScriptedClient([GOOD_MATH]), cache_dir=tmp_path).shard(MATH, "gsm8k")
+    (cached,) = tmp_path.rglob("*.json")
     cached.write_text("{truncated", encoding="utf-8")
-    with pytest.raises(DataError, match="corrupt sharding cache file"):
-        LLMSharder(ScriptedClient([]), cache_dir=tmp_path).shard(MATH, "gsm8k")
+    client = ScriptedClient([GOOD_MATH])
+    sharder = LLMSharder(client, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="userlm_env.json_cache"):
+        assert sharder.shard(MATH, "gsm8k") == shards
+    assert any(str(cached) in record.getMessage() for record in caplog.records)
+    assert sharder.cache.corrupt_entries == 1 and len(client.calls) == 1
+    assert json.loads(cached.read_text(encoding="utf-8"))["instruction"] == MATH  # overwritten
 
 
 def test_client_errors_propagate() -> None:
     class FailingClient(ScriptedClient):
-        def chat_many(self, conversations: Sequence[Sequence[Message]], **kwargs: Any) -> list:
+        def chat_many(
+            self, conversations: Sequence[Sequence[Message]], **kwargs: Any
+        ) -> list[Reply]:
             raise LLMCallError("server down")
 
     with pytest.raises(LLMCallError, match="server down"):
@@ -312,7 +322,7 @@ def test_sharder_runs_end_to_end_on_the_local_model(
         shards = sharder.shard(MATH, "gsm8k")
     except DataError as error:  # the 135M model seldom writes valid shards: check the machinery
         assert "after 2 tries" in str(error)
-        assert list(tmp_path.glob("*.json")) == []
+        assert list(tmp_path.rglob("*.json")) == []
     else:
         assert 3 <= len(shards) <= 10 and shards[0].required
-        assert len(list(tmp_path.glob("*.json"))) == 1
+        assert len(list(tmp_path.rglob("*.json"))) == 1

@@ -68,7 +68,7 @@ def write_json(path: Path, value: object) -> Path:
 def test_math_record_maps_to_a_gsm8k_intent() -> None:
     intent = record_to_intent(math_record(), "test")
     assert intent.task == "gsm8k"
-    assert intent.task_id == "GSM8K/7"
+    assert intent.intent_id == "GSM8K/7"
     assert intent.instruction.startswith("Ann has 2 cats")
     assert intent.reference == {"answer": "5", "solution": "She has 2 + 3 = 5 pets.\n#### 5"}
     assert intent.shards[1] == Shard(2, "Ann has 2 cats.", required=True)
@@ -77,7 +77,7 @@ def test_math_record_maps_to_a_gsm8k_intent() -> None:
 def test_code_record_accepts_shard_text_and_is_required_and_builds_an_instruction() -> None:
     intent = record_to_intent(code_record(), "test")
     assert intent.task == "humaneval"
-    assert intent.task_id == "HumanEval/99"
+    assert intent.intent_id == "HumanEval/99"
     assert intent.shards[2] == Shard(3, "inc(1) == 2", required=False)
     assert "`inc(x: int) -> int`" in intent.instruction
     assert intent.reference["entry_point"] == "inc"
@@ -200,7 +200,7 @@ def test_gsm8k_and_symbolic_round_trip_is_lossless(tmp_path: Path) -> None:
 def test_extra_reference_fields_survive_the_round_trip(tmp_path: Path) -> None:
     intent = Intent(
         task="gsm8k",
-        task_id="x/1",
+        intent_id="x/1",
         instruction="What is 2 and 2?",
         shards=(Shard(1, "What is 2 and 2?"), Shard(2, "Use integers.", required=False)),
         reference={"answer": "4", "source": {"name": "hand", "year": 2025}},
@@ -212,12 +212,12 @@ def test_extra_reference_fields_survive_the_round_trip(tmp_path: Path) -> None:
 
 
 def test_exporting_an_unknown_task_or_unserialisable_reference_raises(tmp_path: Path) -> None:
-    odd = Intent(task="chess", task_id="c/1", instruction="Mate in 2.", shards=(Shard(1, "a"),))
+    odd = Intent(task="chess", intent_id="c/1", instruction="Mate in 2.", shards=(Shard(1, "a"),))
     with pytest.raises(DataError, match="cannot be exported"):
         intent_to_record(odd)
     unserialisable = Intent(
         task="gsm8k",
-        task_id="g/1",
+        intent_id="g/1",
         instruction="What?",
         shards=(Shard(1, "What?"),),
         reference={"answer": "1", "tags": {1, 2}},

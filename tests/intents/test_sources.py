@@ -35,7 +35,7 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 def test_humaneval_loads_all_164_problems_with_references() -> None:
     intents = load_humaneval()
     assert len(intents) == 164
-    assert [i.task_id for i in intents[:2]] == ["HumanEval/0", "HumanEval/1"]
+    assert [i.intent_id for i in intents[:2]] == ["HumanEval/0", "HumanEval/1"]
     assert {i.task for i in intents} == {"humaneval"}
     for intent in intents:
         reference = intent.reference
@@ -46,7 +46,7 @@ def test_humaneval_loads_all_164_problems_with_references() -> None:
 
 
 def test_humaneval_limit_keeps_the_first_problems() -> None:
-    assert [i.task_id for i in load_humaneval(limit=3)] == [f"HumanEval/{i}" for i in range(3)]
+    assert [i.intent_id for i in load_humaneval(limit=3)] == [f"HumanEval/{i}" for i in range(3)]
     with pytest.raises(ValueError, match="limit"):
         load_humaneval(limit=-1)
 
@@ -58,7 +58,7 @@ def test_gsm8k_test_split_loads_every_problem() -> None:
     intents = load_gsm8k_jsonl(gsm8k_path())
     rows = gsm8k_rows()
     assert len(intents) == len(rows) == 1319
-    assert intents[0].task_id == "gsm8k/0" and intents[-1].task_id == "gsm8k/1318"
+    assert intents[0].intent_id == "gsm8k/0" and intents[-1].intent_id == "gsm8k/1318"
     assert intents[0].reference["answer"] == "18"
     for intent, row in zip(intents, rows, strict=True):
         assert intent.task == "gsm8k"
@@ -77,7 +77,7 @@ def test_gsm8k_answers_lose_their_commas_and_ids_keep_line_numbers(tmp_path: Pat
         encoding="utf-8",
     )
     intents = load_gsm8k_jsonl(path)
-    assert [i.task_id for i in intents] == ["gsm8k/0", "gsm8k/2"]
+    assert [i.intent_id for i in intents] == ["gsm8k/0", "gsm8k/2"]
     assert [i.reference["answer"] for i in intents] == ["70000", "5"]
     assert load_gsm8k_jsonl(path, limit=1) == intents[:1]
 
@@ -119,7 +119,7 @@ def test_gsm8k_via_datasets_names_the_offline_alternatives(
 
 def test_gsm_symbolic_strips_the_format_instruction_and_keeps_the_answer() -> None:
     intents = load_gsm_symbolic(n=12, seed=3)
-    assert [i.task_id for i in intents] == [f"gsm_symbolic/3-{i}" for i in range(12)]
+    assert [i.intent_id for i in intents] == [f"gsm_symbolic/3-{i}" for i in range(12)]
     for intent in intents:
         assert intent.task == "gsm8k"
         assert "final answer" not in intent.instruction
@@ -143,9 +143,9 @@ def test_load_intents_dispatches_by_name() -> None:
     humaneval = load_intents("humaneval", limit=2)
     gsm8k = load_intents("gsm8k", data_path=gsm8k_path(), limit=2)
     symbolic = load_intents("gsm_symbolic", n=2, seed=0)
-    assert [i.task_id for i in humaneval] == ["HumanEval/0", "HumanEval/1"]
-    assert [i.task_id for i in gsm8k] == ["gsm8k/0", "gsm8k/1"]
-    assert [i.task_id for i in symbolic] == ["gsm_symbolic/0-0", "gsm_symbolic/0-1"]
+    assert [i.intent_id for i in humaneval] == ["HumanEval/0", "HumanEval/1"]
+    assert [i.intent_id for i in gsm8k] == ["gsm8k/0", "gsm8k/1"]
+    assert [i.intent_id for i in symbolic] == ["gsm_symbolic/0-0", "gsm_symbolic/0-1"]
     assert all(isinstance(i, Intent) for i in humaneval + gsm8k + symbolic)
 
 

@@ -17,7 +17,7 @@ def pile_intent() -> Intent:
     """A code intent whose shards share many words (a hard case for lexical matching)."""
     return Intent(
         task="humaneval",
-        task_id="toy/pile",
+        intent_id="toy/pile",
         instruction="Write make_pile(n): a pile of n levels of stones ...",
         shards=(
             Shard(1, "I need a Python function called `make_pile` for a pile of n levels."),

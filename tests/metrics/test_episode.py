@@ -23,6 +23,7 @@ from userlm_env.metrics.episode import (
     repeat_required,
     skip_non_required,
 )
+from userlm_env.records import intent_summary
 from userlm_env.types import END_MARKER, ConversationState, Intent, Shard, UserTurn
 
 
@@ -72,9 +73,9 @@ def test_drift_counts_only_while_required_shards_are_pending(apples_intent: Inte
 
 def test_pace_of_the_latest_turn(apples_intent: Intent) -> None:
     episode = view(apples_intent, [(1,), (1, 2)], texts=["a b c", "d  e"])
-    assert pace(episode) == {"turn": 2, "words": 2, "cumulative_words": 5, "new_shards": [2]}
+    assert pace(episode) == {"user_turn": 2, "words": 2, "cumulative_words": 5, "new_shards": [2]}
     empty = view(apples_intent, [])
-    assert pace(empty) == {"turn": 0, "words": 0, "cumulative_words": 0, "new_shards": []}
+    assert pace(empty) == {"user_turn": 0, "words": 0, "cumulative_words": 0, "new_shards": []}
 
 
 @pytest.mark.parametrize(
@@ -149,8 +150,9 @@ def test_episode_metrics_dict(apples_intent: Intent) -> None:
 
 def test_views_from_states_and_records(apples_intent: Intent) -> None:
     state = ConversationState(intent=apples_intent, seed=0)
-    state.user_turns += [UserTurn("Sam starts with 12 apples."), UserTurn(END_MARKER, ended=True)]
-    state.revealed += [(2,), ()]
+    state.user_turns.append(UserTurn("Sam starts with 12 apples."))
+    state.ending = UserTurn(END_MARKER, ended=True)
+    state.revealed.append((2,))
     state.messages += [
         {"role": "user", "content": "Sam starts with 12 apples."},
         {"role": "assistant", "content": "ok"},
@@ -167,6 +169,12 @@ def test_views_from_states_and_records(apples_intent: Intent) -> None:
         "solved": False,
     }
     assert EpisodeView.from_record(record, apples_intent) == from_state
+    carried = {**record, "task": "gsm8k", "intent": intent_summary(apples_intent)}
+    view = EpisodeView.from_record(carried)  # the intent the record carries, sans reference
+    assert view.user_texts == from_state.user_texts and view.intent.shards == apples_intent.shards
+    assert not view.intent.reference
+    with pytest.raises(DataError, match="carries no intent"):
+        EpisodeView.from_record(record)
     with pytest.raises(DataError, match="not about intent"):
         EpisodeView.from_record({**record, "intent_id": "other"}, apples_intent)
     with pytest.raises(ValueError, match="revealed"):

@@ -23,13 +23,13 @@ def run_episode(env: ConversationEnv, seed: int | None) -> list[dict]:
 
 
 def test_pace_diversity_and_episode_metrics(apples_intent: Intent) -> None:
-    env = ConversationEnv("sharded", intents=[apples_intent], max_turns=6)
+    env = ConversationEnv("sharded", intents=[apples_intent], max_replies=6)
     first = run_episode(env, seed=0)
-    assert first[0]["pace"] == {"turn": 1, "words": 7, "cumulative_words": 7, "new_shards": [1]}
+    assert first[0]["pace"] == {"user_turn": 1, "words": 7, "cumulative_words": 7, "new_shards": [1]}
     assert first[1]["pace"]["new_shards"] == [2] and first[1]["pace"]["cumulative_words"] == 12
     assert all(i["diversity"] is None for i in first)  # no earlier episode yet
     assert all("episode_metrics" not in i for i in first[:-1])
-    assert first[-1]["termination_reason"] == "max_turns"
+    assert first[-1]["termination_reason"] == "max_replies"
     assert first[-1]["episode_metrics"] == {
         "intent_coverage": 1.0,
         "repeat_required": False,
@@ -53,12 +53,12 @@ def test_pace_diversity_and_episode_metrics(apples_intent: Intent) -> None:
 
 
 def test_same_seed_gives_identical_infos(apples_intent: Intent) -> None:
-    env = ConversationEnv("sharded", intents=[apples_intent], max_turns=3)
+    env = ConversationEnv("sharded", intents=[apples_intent], max_replies=3)
     assert run_episode(env, seed=3) == run_episode(env, seed=3)
 
 
 def test_vector_env_final_info_carries_episode_metrics(apples_intent: Intent) -> None:
-    envs = ConversationVectorEnv(2, "sharded", intents=[apples_intent], max_turns=2)
+    envs = ConversationVectorEnv(2, "sharded", intents=[apples_intent], max_replies=2)
     envs.reset(seed=0)
     envs.step([REPLY, REPLY])
     *_, truncated, infos = envs.step([REPLY, REPLY])
@@ -66,6 +66,6 @@ def test_vector_env_final_info_carries_episode_metrics(apples_intent: Intent) ->
     final = infos["final_info"]
     assert list(final["episode_metrics"]["intent_coverage"]) == [pytest.approx(0.4)] * 2
     assert list(final["episode_metrics"]["skip_non_required"]) == [True, True]
-    assert list(infos["pace"]["turn"]) == [1, 1]  # the fresh episodes' first turns
+    assert list(infos["pace"]["user_turn"]) == [1, 1]  # the fresh episodes' first turns
     diversity = infos["diversity"]  # the new episodes compare with the two that ended
     assert np.all(np.asarray(diversity, dtype=float) >= 0.0)

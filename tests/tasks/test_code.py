@@ -9,8 +9,8 @@ import pytest
 
 from tests.tasks.conftest import canonical_reply, humaneval_intent
 from userlm_env.errors import DataError
-from userlm_env.tasks import Task, make_task
-from userlm_env.tasks.code import CodeTask, build_program, extract_code, find_code_blocks
+from userlm_env.tasks import Scorer, make_scorer
+from userlm_env.tasks.code import CodeScorer, build_program, extract_code, find_code_blocks
 from userlm_env.types import Intent, Shard
 
 FUNCTION = "def add(a, b):\n    return a + b\n"
@@ -110,7 +110,7 @@ def test_bad_reference_raises_data_error() -> None:
 
 
 @pytest.mark.sandbox
-def test_canonical_solution_passes(code_task: CodeTask, problems: Problems) -> None:
+def test_canonical_solution_passes(code_task: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
     score = code_task.score(canonical_reply(problem), humaneval_intent(problem))
     assert (score.attempted, score.solved, score.reward) == (True, True, 1.0)
@@ -118,7 +118,7 @@ def test_canonical_solution_passes(code_task: CodeTask, problems: Problems) -> N
 
 
 @pytest.mark.sandbox
-def test_wrong_solution_fails(code_task: CodeTask, problems: Problems) -> None:
+def test_wrong_solution_fails(code_task: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
     reply = "```python\ndef truncate_number(number: float) -> float:\n    return number\n```"
     score = code_task.score(reply, humaneval_intent(problem))
@@ -127,14 +127,14 @@ def test_wrong_solution_fails(code_task: CodeTask, problems: Problems) -> None:
 
 
 @pytest.mark.sandbox
-def test_body_only_reply_uses_prompt_helpers(code_task: CodeTask, problems: Problems) -> None:
+def test_body_only_reply_uses_prompt_helpers(code_task: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/32"]  # find_zero needs the prompt's poly()
     reply = f"```python\ndef find_zero(xs: list):\n{problem['canonical_solution']}```"
     assert code_task.score(reply, humaneval_intent(problem)).solved
 
 
 @pytest.mark.sandbox
-def test_not_attempted_reply(code_task: CodeTask, problems: Problems) -> None:
+def test_not_attempted_reply(code_task: CodeScorer, problems: Problems) -> None:
     intent = humaneval_intent(problems["HumanEval/0"])
     score = code_task.score("What should happen for an empty list?", intent)
     assert (score.attempted, score.solved, score.reward) == (False, False, 0.0)
@@ -142,7 +142,7 @@ def test_not_attempted_reply(code_task: CodeTask, problems: Problems) -> None:
 
 
 @pytest.mark.sandbox
-def test_syntax_error_is_a_failed_attempt(code_task: CodeTask, problems: Problems) -> None:
+def test_syntax_error_is_a_failed_attempt(code_task: CodeScorer, problems: Problems) -> None:
     reply = "```python\ndef has_close_elements(numbers, threshold:\n    return True\n```"
     score = code_task.score(reply, humaneval_intent(problems["HumanEval/0"]))
     assert score.attempted and not score.solved
@@ -150,7 +150,7 @@ def test_syntax_error_is_a_failed_attempt(code_task: CodeTask, problems: Problem
 
 
 @pytest.mark.sandbox
-def test_flooding_output_then_passing_still_passes(code_task: CodeTask, problems: Problems) -> None:
+def test_flooding_output_then_passing_still_passes(code_task: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
     reply = (
         "```python\nimport sys\nsys.stdout.write('x' * 10_000_000)\nprint(flush=True)\n"
@@ -165,7 +165,7 @@ def test_flooding_output_then_passing_still_passes(code_task: CodeTask, problems
 
 
 @pytest.mark.sandbox
-def test_numpy_imports_in_the_sandbox(code_task: CodeTask, problems: Problems) -> None:
+def test_numpy_imports_in_the_sandbox(code_task: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
     reply = (
         "```python\nimport numpy as np\n\ndef truncate_number(number: float) -> float:\n"
@@ -175,7 +175,7 @@ def test_numpy_imports_in_the_sandbox(code_task: CodeTask, problems: Problems) -
 
 
 @pytest.mark.sandbox
-def test_usable_from_several_threads(code_task: CodeTask, problems: Problems) -> None:
+def test_usable_from_several_threads(code_task: CodeScorer, problems: Problems) -> None:
     picked = [problems[f"HumanEval/{i}"] for i in range(8)]
     results: list[bool] = []
 
@@ -191,17 +191,17 @@ def test_usable_from_several_threads(code_task: CodeTask, problems: Problems) ->
 
 
 @pytest.mark.sandbox
-def test_all_canonical_solutions_pass(code_task: CodeTask, problems: Problems) -> None:
+def test_all_canonical_solutions_pass(code_task: CodeScorer, problems: Problems) -> None:
     intents = [humaneval_intent(p) for p in problems.values()]
     scores = code_task.score_many([canonical_reply(p) for p in problems.values()], intents)
-    failed = [(i.task_id, s.detail) for i, s in zip(intents, scores, strict=True) if not s.solved]
+    failed = [(i.intent_id, s.detail) for i, s in zip(intents, scores, strict=True) if not s.solved]
     assert failed == []
     assert len(scores) == 164
 
 
 @pytest.mark.sandbox
 def test_score_many_mixes_attempts_and_non_attempts(
-    code_task: CodeTask, problems: Problems
+    code_task: CodeScorer, problems: Problems
 ) -> None:
     problem = problems["HumanEval/2"]
     intent = humaneval_intent(problem)
@@ -212,26 +212,26 @@ def test_score_many_mixes_attempts_and_non_attempts(
 
 
 def test_construction_is_cheap_and_lazy() -> None:
-    task = CodeTask()
+    task = CodeScorer()
     assert task.sandbox._pool is None
-    assert isinstance(task, Task) and task.name == "humaneval"
+    assert isinstance(task, Scorer) and task.name == "humaneval"
     task.close()
 
 
 def test_registry_builds_the_code_task() -> None:
-    task = make_task("humaneval")
-    assert isinstance(task, CodeTask)
+    task = make_scorer("humaneval")
+    assert isinstance(task, CodeScorer)
     task.close()
 
 
-def test_bad_inputs_raise_typed_errors(code_task: CodeTask) -> None:
+def test_bad_inputs_raise_typed_errors(code_task: CodeScorer) -> None:
     shards = (Shard(1, "?"),)
-    intent = Intent(task="humaneval", task_id="HumanEval/x", instruction="?", shards=shards)
+    intent = Intent(task="humaneval", intent_id="HumanEval/x", instruction="?", shards=shards)
     with pytest.raises(DataError):
         code_task.score(FUNCTION, intent)
     good = Intent(
         task="humaneval",
-        task_id="HumanEval/y",
+        intent_id="HumanEval/y",
         instruction="?",
         shards=shards,
         reference={"prompt": "def add(a, b):\n", "test": "def check(c): 0", "entry_point": "add"},

@@ -7,15 +7,15 @@ from fractions import Fraction
 import pytest
 
 from userlm_env.errors import DataError
-from userlm_env.tasks import make_task
-from userlm_env.tasks.math import MathTask, extract_answer, is_answer_attempt, parse_number
+from userlm_env.tasks import make_scorer
+from userlm_env.tasks.math import MathScorer, extract_answer, is_answer_attempt, parse_number
 from userlm_env.types import Intent, Shard
 
 
 def math_intent(answer: str) -> Intent:
     return Intent(
         task="gsm8k",
-        task_id="gsm8k/3",
+        intent_id="gsm8k/3",
         instruction="How many apples?",
         shards=(Shard(1, "How many apples?"),),
         reference={"answer": answer},
@@ -149,28 +149,28 @@ def test_parse_number_rejects_text_without_number() -> None:
     ],
 )
 def test_correct_answers_are_solved(reply: str, answer: str) -> None:
-    score = MathTask().score(reply, math_intent(answer))
+    score = MathScorer().score(reply, math_intent(answer))
     assert (score.attempted, score.solved, score.reward) == (True, True, 1.0)
 
 
 def test_wrong_answer_is_attempted_not_solved() -> None:
-    score = MathTask().score("The answer is 17.", math_intent("18"))
+    score = MathScorer().score("The answer is 17.", math_intent("18"))
     assert (score.attempted, score.solved, score.reward) == (True, False, 0.0)
     assert score.detail == "expected 18, got 17"
 
 
 def test_integers_compare_exactly() -> None:
-    assert not MathTask().score("10000001", math_intent("10000000")).solved
-    assert not MathTask().score("1/3", math_intent("0.33")).solved
+    assert not MathScorer().score("10000001", math_intent("10000000")).solved
+    assert not MathScorer().score("1/3", math_intent("0.33")).solved
 
 
 def test_clarifying_question_is_not_an_attempt() -> None:
-    score = MathTask().score("How many boxes are there?", math_intent("18"))
+    score = MathScorer().score("How many boxes are there?", math_intent("18"))
     assert (score.attempted, score.solved, score.reward) == (False, False, 0.0)
 
 
 def test_score_many_matches_score() -> None:
-    task = MathTask()
+    task = MathScorer()
     replies = ["18", "17", "How many?"]
     intents = [math_intent("18")] * 3
     expected = [task.score(r, i) for r, i in zip(replies, intents, strict=True)]
@@ -179,22 +179,22 @@ def test_score_many_matches_score() -> None:
 
 def test_score_many_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="2 replies for 1 intents"):
-        MathTask().score_many(["1", "2"], [math_intent("1")])
+        MathScorer().score_many(["1", "2"], [math_intent("1")])
 
 
 def test_bad_inputs_raise_typed_errors() -> None:
-    intent = Intent(task="gsm8k", task_id="gsm8k/9", instruction="?", shards=(Shard(1, "?"),))
+    intent = Intent(task="gsm8k", intent_id="gsm8k/9", instruction="?", shards=(Shard(1, "?"),))
     with pytest.raises(DataError, match="no reference answer"):
-        MathTask().score("18", intent)
+        MathScorer().score("18", intent)
     with pytest.raises(TypeError, match="reply must be a str"):
-        MathTask().score(18, math_intent("18"))  # type: ignore[arg-type]
+        MathScorer().score(18, math_intent("18"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rel_tol"):
-        MathTask(rel_tol=0.5)
+        MathScorer(rel_tol=0.5)
 
 
 def test_registry_builds_the_math_task() -> None:
-    task = make_task("gsm8k")
-    assert isinstance(task, MathTask) and task.name == "gsm8k"
+    task = make_scorer("gsm8k")
+    assert isinstance(task, MathScorer) and task.name == "gsm8k"
 
 
 def test_gsm8k_reference_answers_parse(gsm8k_path: object) -> None:

@@ -20,8 +20,8 @@ from tests.tasks.conftest import (
     reply_with,
 )
 from userlm_env.errors import SandboxUnavailableError
-from userlm_env.tasks.code import CodeTask
-from userlm_env.tasks.sandbox import Program, Sandbox, SandboxConfig, judge, launch, wire, worker
+from userlm_env.tasks.code import CodeScorer
+from userlm_env.tasks.sandbox import Program, Sandbox, SandboxConfig, checker, launch, wire, worker
 
 Problems = dict[str, dict[str, Any]]
 
@@ -197,7 +197,7 @@ def test_literal_calls_are_found_in_source_order() -> None:
         "    assert candidate('a', key={1: (2,)}) is None\n"
         "    assert candidate(*[1]) == 0\n"
     )
-    calls = judge.literal_calls(ast.parse(test))
+    calls = checker.literal_calls(ast.parse(test))
     assert calls == [(([1, 2], -3), {}), (("a",), {"key": {1: (2,)}})]
 
 
@@ -210,7 +210,7 @@ def test_only_a_positive_verdict_under_the_nonce_passes() -> None:
     assert worker._verdict(None, nonce) is None
     natural_exit = {"natural": True, "code": 0}
     assert worker._classify(True, {"ok": True}, natural_exit) == ("passed", "passed")
-    assert worker._classify(True, None, natural_exit) == ("error", "judge gave no verdict")
+    assert worker._classify(True, None, natural_exit) == ("error", "checker gave no verdict")
     assert worker._classify(False, None, {"natural": False})[0] == "timeout"
 
 
@@ -248,7 +248,7 @@ def test_limits_do_not_depend_on_the_hosts_size(problems: Problems) -> None:
     import mmap
 
     reserved = mmap.mmap(-1, 8 << 30)  # 8 GiB of address space, never touched
-    task = CodeTask(SandboxConfig(memory_mb=384, workers=1))
+    task = CodeScorer(SandboxConfig(memory_mb=384, workers=1))
     try:
         problem = problems["HumanEval/2"]
         assert task.score(canonical_reply(problem), humaneval_intent(problem)).solved
@@ -265,7 +265,7 @@ def test_limits_do_not_depend_on_the_hosts_size(problems: Problems) -> None:
 def test_unshare_layer_runs_and_contains(problems: Problems) -> None:
     problem = problems["HumanEval/0"]
     intent = humaneval_intent(problem)
-    task = CodeTask(SandboxConfig(isolation="unshare", workers=1, timeout_s=4.0))
+    task = CodeScorer(SandboxConfig(isolation="unshare", workers=1, timeout_s=4.0))
     try:
         assert task.score(canonical_reply(problem), intent).solved
         crash = task.score(reply_with("ctypes.string_at(0)"), intent)
@@ -283,8 +283,8 @@ def test_control_visible_answer_key_would_be_exploited(problems: Problems) -> No
     """Without hiding the dataset the answer-key hack works: that test can fail."""
     reply = reply_with("return SOLUTION(numbers, threshold)", module=ANSWER_KEY_PROBE)
     intent = humaneval_intent(problems["HumanEval/0"])
-    exposed = CodeTask(SandboxConfig(hidden_packages=(), workers=1))
-    hidden = CodeTask(SandboxConfig(workers=1))
+    exposed = CodeScorer(SandboxConfig(hidden_packages=(), workers=1))
+    hidden = CodeScorer(SandboxConfig(workers=1))
     try:
         assert exposed.score(reply, intent).solved
         assert not hidden.score(reply, intent).solved
@@ -307,9 +307,9 @@ def test_control_without_namespaces_files_leak(problems: Problems, tmp_path: Pat
     intent = humaneval_intent(problems["HumanEval/0"])
     launch._warn_once.cache_clear()
     with pytest.warns(RuntimeWarning, match="WITHOUT namespaces"):
-        unisolated = CodeTask(SandboxConfig(isolation="none", workers=1))
+        unisolated = CodeScorer(SandboxConfig(isolation="none", workers=1))
         _ = unisolated.sandbox.isolation
-    isolated = CodeTask(SandboxConfig(workers=1))
+    isolated = CodeScorer(SandboxConfig(workers=1))
     try:
         assert unisolated.score(reply_with(body), intent).solved
         assert not isolated.score(reply_with(body), intent).solved

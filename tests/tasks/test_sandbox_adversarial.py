@@ -1,6 +1,6 @@
 """Adversarial tests of the sandbox: one hostile program per property it guarantees.
 
-Every hostile reply answers HumanEval/0 (``has_close_elements``) through ``CodeTask.score``
+Every hostile reply answers HumanEval/0 (``has_close_elements``) through ``CodeScorer.score``
 and must earn reward 0, leave no process (found by a marker in /proc) and no file behind, and
 the next (canonical) program must still score 1.
 """
@@ -26,7 +26,7 @@ from tests.tasks.conftest import (
     humaneval_intent,
     reply_with,
 )
-from userlm_env.tasks.code import CodeTask
+from userlm_env.tasks.code import CodeScorer
 from userlm_env.tasks.sandbox import SandboxConfig
 from userlm_env.types import Intent, Score
 
@@ -61,12 +61,12 @@ def intent0(problems: dict[str, dict[str, Any]]) -> Intent:
 
 @pytest.fixture()
 def hostile(
-    code_task: CodeTask, intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
+    code_task: CodeScorer, intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
 ) -> Iterator[Any]:
     """Score a hostile reply; afterwards check the aftermath (processes, files, next program)."""
     outside = [Path("/tmp") / marker, REPO_ROOT / marker, Path.home() / marker]
 
-    def score(reply: str, task: CodeTask = code_task) -> Score:
+    def score(reply: str, task: CodeScorer = code_task) -> Score:
         result = task.score(reply.replace("MARKER", marker), intent0)
         assert result.reward == 0.0 and not result.solved, result
         return result
@@ -167,7 +167,7 @@ def test_tampering_with_the_harness_does_not_pass(hostile: Any) -> None:
     import gc, json
     sys.modules["json"] = None
     for name, mod in list(sys.modules.items()):
-        for attr in ("write_message", "_answer", "_judge", "_classify", "_verdict"):
+        for attr in ("write_message", "_answer", "_checker", "_classify", "_verdict"):
             if hasattr(mod, attr):
                 setattr(mod, attr, lambda *a, **k: {"ok": True, "value": True})
     for obj in gc.get_objects():
@@ -223,7 +223,7 @@ def test_memory_bomb_hits_the_memory_limit(hostile: Any) -> None:
 
 
 def test_growing_memory_hits_the_memory_limit(hostile: Any) -> None:
-    small = CodeTask(SandboxConfig(memory_mb=256, workers=1))  # reached quickly, even on busy CPUs
+    small = CodeScorer(SandboxConfig(memory_mb=256, workers=1))  # reached quickly, even on busy CPUs
     try:
         body = "hog = []\nwhile True:\n    hog.append(bytearray(2**24))"
         score = hostile(reply_with(body), small)
@@ -302,7 +302,7 @@ def test_parent_secrets_are_unreadable(
     secret_file = Path.home() / f"{marker}.secret"
     secret_file.write_text(marker)
     os.environ["USERLM_SANDBOX_TEST_API_KEY"] = marker
-    task = CodeTask(SandboxConfig(timeout_s=4.0, workers=1))
+    task = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
     try:
         # Correct only if some secret leaked: reward 0 proves none did.
         body = f"""
@@ -387,7 +387,7 @@ def test_network_is_unreachable(hostile: Any) -> None:
 def test_files_do_not_survive_into_the_next_program(
     intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
 ) -> None:
-    task = CodeTask(SandboxConfig(timeout_s=4.0, workers=1))
+    task = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
     writer = f"""
     for path in ("{marker}", "/tmp/{marker}", os.path.join(os.environ["HOME"], "{marker}")):
         with open(path, "w") as handle:
@@ -411,7 +411,7 @@ def test_files_do_not_survive_into_the_next_program(
 
 
 def test_worker_death_is_survived(intent0: Intent, problems: dict[str, dict[str, Any]]) -> None:
-    task = CodeTask(SandboxConfig(timeout_s=4.0, workers=1))
+    task = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
     canonical = canonical_reply(problems["HumanEval/0"])
     try:
         assert task.score(canonical, intent0).solved

@@ -85,7 +85,7 @@ def test_loss_weighs_reply_logprobs_by_advantage(tiny_model: Any) -> None:
 def test_two_updates_on_cpu() -> None:
     config = RLConfig(
         num_envs=2,
-        max_turns=2,
+        max_replies=2,
         updates=2,
         steps_per_update=1,
         max_new_tokens=8,

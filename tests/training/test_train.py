@@ -197,9 +197,9 @@ def test_smoke_round_trip(tmp_path: Path, apples_intent: Intent) -> None:
         "userlm", model=str(model_dir), allow_end=False, max_new_tokens=12, max_tries=3
     )
     assert simulator.loaded.end_marker_id == tokenizer.convert_tokens_to_ids(END_MARKER)
-    env = ConversationEnv(simulator=simulator, intents=[apples_intent], max_turns=2)
+    env = ConversationEnv(simulator=simulator, intents=[apples_intent], max_replies=2)
     observation, info = env.reset(seed=0)
-    assert observation.strip() and info["turn"] == 1
+    assert observation.strip() and info["user_turns"] == 1
     done, steps = False, 0
     while not done:
         observation, reward, terminated, truncated, info = env.step("Could you say more?")

@@ -3,8 +3,10 @@
 :class:`LLMSharder` sends each instruction with a sharding prompt through the library's LLM
 client (:class:`userlm_env.llm.LLMClient`, or anything with ``config.model`` and
 ``chat_many``), checks the JSON reply with :func:`validate_shards`, feeds the validation error
-back and asks again (up to ``max_tries`` replies per instruction), and caches accepted shards on
-disk as JSON files keyed by the SHA-256 of model, task, instruction and prompt version.
+back and asks again (up to ``max_tries`` replies per instruction, on the generate-vet-retry loop
+of :mod:`userlm_env.resample`), and caches accepted shards in a
+:class:`~userlm_env.json_cache.JsonCache` keyed by model, task, instruction and prompt version
+(a corrupt or invalid entry is logged, counted and asked for again).
 
 :func:`validate_shards` is pure: it parses the reply and checks that it has 3 to 10 shards with
 ids 1..n, that no shard repeats another (containment or high word overlap), that together they
@@ -13,18 +15,18 @@ cover the instruction (every number, most content words) and that shard 1 states
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from userlm_env.errors import DataError
-from userlm_env.llm import ChatClient, parse_json_object
+from userlm_env.json_cache import JsonCache, cache_key
+from userlm_env.llm import ChatClient
+from userlm_env.metrics.judge import parse_json_object
+from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import Message, Shard
 
 __all__ = [
@@ -127,15 +129,22 @@ def validate_shards(payload: str, instruction: str, task: str | None = None) -> 
             shard 1 that is not a required statement of the goal.
     """
     kind = _task_kind(task)
-    shards = _parse_shards(payload)
+    return _checked_shards(parse_json_object(payload), instruction, kind)
+
+
+def _checked_shards(value: Any, instruction: str, kind: str | None) -> tuple[Shard, ...]:
+    """The shards of a decoded reply (or cache record), checked as :func:`validate_shards` says."""
+    if not isinstance(value, Mapping):
+        raise DataError("the sharding must be a JSON object")
+    shards = _parse_shards(value)
     _check_distinct(shards)
     _check_coverage(shards, instruction)
     _check_goal(shards[0], instruction, kind)
     return shards
 
 
-def _parse_shards(payload: str) -> tuple[Shard, ...]:
-    items = _shard_items(parse_json_object(payload))
+def _parse_shards(value: Mapping[str, Any]) -> tuple[Shard, ...]:
+    items = _shard_items(value)
     shards = tuple(_shard(item, position) for position, item in enumerate(items, start=1))
     ids = [s.id for s in shards]
     if ids != list(range(1, len(ids) + 1)):
@@ -208,7 +217,8 @@ def _check_goal(first: Shard, instruction: str, kind: str | None) -> None:
         return
     patterns = {"math": (_MATH_GOAL,), "code": (_CODE_GOAL,), None: (_MATH_GOAL, _CODE_GOAL)}
     if not any(p.search(first.text) for p in patterns[kind]):
-        what = {"math": "the question", "code": "what the function must do"}.get(kind, "the goal")
+        goals = {"math": "the question", "code": "what the function must do"}
+        what = goals.get(kind or "", "the goal")
         raise DataError(f"shard 1 must state {what}; got {first.text!r}")
     if name:
         raise DataError(f"shard 1 must name the function {name!r}; got {first.text!r}")
@@ -266,6 +276,7 @@ class LLMSharder:
             raise ValueError(f"max_tries must be >= 1, got {max_tries}")
         self.client = client
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache = JsonCache(self.cache_dir)
         self.max_tries = max_tries
         self.seed = seed
         self.params = dict(params or {})
@@ -294,74 +305,64 @@ class LLMSharder:
         task_list = [tasks] * len(intent_texts) if isinstance(tasks, str) else list(tasks)
         if len(task_list) != len(intent_texts):
             raise ValueError(f"got {len(intent_texts)} instructions but {len(task_list)} tasks")
-        pairs = zip(intent_texts, task_list, strict=True)
+        pairs = list(zip(intent_texts, task_list, strict=True))
         results = [self._cached(text, task) for text, task in pairs]
-        pending = {
-            i: sharding_messages(text, task_list[i])
-            for i, text in enumerate(intent_texts)
+        rows = [
+            _Pending(i, text, task, sharding_messages(text, task))
+            for i, (text, task) in enumerate(pairs)
             if results[i] is None
-        }
-        errors = self._run_tries(pending, intent_texts, task_list, results)
-        if pending:
-            first = min(pending)
-            raise DataError(
-                f"LLM sharding failed for {len(pending)} instruction(s) after {self.max_tries} "
-                f"tries; instruction {first}: {errors[first]}"
-            )
+        ]
+        outcomes = resample(rows, self._generate, self._vet, tries=self.max_tries)
+        self._raise_failures(rows, outcomes)
+        for row, outcome in zip(rows, outcomes, strict=True):
+            results[row.index] = outcome.value
         return [r for r in results if r is not None]
 
-    def _run_tries(
-        self,
-        pending: dict[int, list[Message]],
-        texts: Sequence[str],
-        tasks: Sequence[str],
-        results: list[tuple[Shard, ...] | None],
-    ) -> dict[int, DataError]:
-        """Ask, validate and re-ask with feedback; removes solved items from ``pending``."""
-        errors: dict[int, DataError] = {}
-        for attempt in range(self.max_tries):
-            if not pending:
-                break
-            order = sorted(pending)
-            seeds = [None if self.seed is None else self.seed + attempt] * len(order)
-            replies = self.client.chat_many([pending[i] for i in order], seeds=seeds, **self.params)
-            for i, reply in zip(order, replies, strict=True):
-                try:
-                    results[i] = validate_shards(reply.text, texts[i], tasks[i])
-                except DataError as error:
-                    errors[i] = error
-                    pending[i] = [*pending[i], {"role": "assistant", "content": reply.text}]
-                    pending[i].append(_feedback(error))
-                    continue
-                self._store(texts[i], tasks[i], results[i])
-                del pending[i]
-        return errors
+    def _generate(self, rows: list[_Pending], attempt: int) -> Sequence[Any]:
+        """One ``chat_many`` for the pending rows; try ``k`` uses seed ``seed + k``."""
+        seeds = [None if self.seed is None else self.seed + attempt] * len(rows)
+        conversations = [row.conversation for row in rows]
+        return self.client.chat_many(conversations, seeds=seeds, **self.params)
+
+    def _vet(self, row: _Pending, reply: Any) -> Verdict[tuple[Shard, ...]]:
+        """Accept (and cache) valid shards; else feed the reply and its error back to the row."""
+        try:
+            shards = validate_shards(reply.text, row.instruction, row.task)
+        except DataError as error:
+            assistant: Message = {"role": "assistant", "content": reply.text}
+            row.conversation = [*row.conversation, assistant, _feedback(error)]
+            return Verdict.reject(str(error))
+        self._store(row.instruction, row.task, shards)
+        return Verdict.accept(shards)
+
+    def _raise_failures(
+        self, rows: Sequence[_Pending], outcomes: Sequence[Outcome[tuple[Shard, ...]]]
+    ) -> None:
+        """Raise :class:`DataError` naming the first instruction that got no valid shards."""
+        failed = [(row, o) for row, o in zip(rows, outcomes, strict=True) if o.value is None]
+        if failed:
+            row, outcome = failed[0]
+            raise DataError(
+                f"LLM sharding failed for {len(failed)} instruction(s) after {self.max_tries} "
+                f"tries; instruction {row.index}: {outcome.last_reason}"
+            )
 
     # ---- cache
 
-    def _cache_path(self, instruction: str, task: str) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        key = json.dumps(
-            [self.client.config.model, _task_kind(task), instruction, PROMPT_VERSION],
-            ensure_ascii=False,
-        )
-        return self.cache_dir / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
+    def _cache_key(self, instruction: str, task: str) -> str:
+        return cache_key(self.client.config.model, _task_kind(task), instruction, PROMPT_VERSION)
 
     def _cached(self, instruction: str, task: str) -> tuple[Shard, ...] | None:
-        path = self._cache_path(instruction, task)
-        if path is None or not path.exists():
+        """The cached shards, or ``None`` (a miss, or a corrupt or invalid entry)."""
+        if not self.cache.enabled:
             return None
-        try:
-            payload = path.read_text(encoding="utf-8")
-            return validate_shards(payload, instruction, task)
-        except (OSError, DataError) as exc:
-            raise DataError(f"corrupt sharding cache file {path}: {exc}; delete it") from exc
+        kind = _task_kind(task)
+        return self.cache.get(
+            self._cache_key(instruction, task),
+            lambda record: _checked_shards(record, instruction, kind),
+        )
 
     def _store(self, instruction: str, task: str, shards: tuple[Shard, ...]) -> None:
-        path = self._cache_path(instruction, task)
-        if path is None:
-            return
         record = {
             "model": self.client.config.model,
             "task": _task_kind(task),
@@ -369,9 +370,14 @@ class LLMSharder:
             "instruction": instruction,
             "shards": [{"id": s.id, "text": s.text, "required": s.required} for s in shards],
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
-        ) as handle:
-            json.dump(record, handle, ensure_ascii=False, indent=2)
-        os.replace(handle.name, path)
+        self.cache.put(self._cache_key(instruction, task), record)
+
+
+@dataclass
+class _Pending:
+    """One instruction still to shard: its position, task and the conversation so far."""
+
+    index: int
+    instruction: str
+    task: str
+    conversation: list[Message]

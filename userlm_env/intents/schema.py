@@ -92,7 +92,7 @@ def record_to_intent(record: Any, where: str) -> Intent:
     reference = read_reference(record, where)
     return Intent(
         task=task,
-        task_id=_task_id(record, where),
+        intent_id=_task_id(record, where),
         instruction=_instruction(record, task, reference, where),
         shards=_shards(record.get("shards"), where),
         reference={**_extra(record, where), **reference},
@@ -222,11 +222,11 @@ def intent_to_record(intent: Intent) -> dict[str, Any]:
         DataError: the intent's task has no LiC name (only ``gsm8k`` and ``humaneval`` do).
     """
     if intent.task not in _EXPORT_NAMES:
-        raise DataError(f"intent {intent.task_id!r}: task {intent.task!r} cannot be exported")
+        raise DataError(f"intent {intent.intent_id!r}: task {intent.task!r} cannot be exported")
     reference = dict(intent.reference)
     known = _MATH_KEYS if intent.task == "gsm8k" else _CODE_KEYS
     record: dict[str, Any] = {
-        "task_id": _ID_PREFIX + intent.task_id,
+        "task_id": _ID_PREFIX + intent.intent_id,
         "task": _EXPORT_NAMES[intent.task],
         "fully_specified_prompt": intent.instruction,
         "shards": [_shard_record(s) for s in intent.shards],

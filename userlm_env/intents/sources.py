@@ -91,7 +91,7 @@ def _humaneval_intents() -> Iterator[Intent]:
         prompt, entry_point = reference["prompt"], reference["entry_point"]
         yield Intent(
             task="humaneval",
-            task_id=_string(row, "task_id", where),
+            intent_id=_string(row, "task_id", where),
             instruction=code_instruction(prompt, entry_point),
             shards=shard_code(prompt, entry_point),
             reference=reference,
@@ -132,12 +132,12 @@ def _json_object(line: str, where: str) -> Mapping[str, Any]:
 # --------------------------------------------------------------------------- GSM8k
 
 
-def math_intent(task_id: str, question: str, reference: Mapping[str, Any]) -> Intent:
+def math_intent(intent_id: str, question: str, reference: Mapping[str, Any]) -> Intent:
     """A sharded ``gsm8k`` intent; answer-format sentences are removed from the instruction."""
     instruction = strip_stray_instructions(question)
     return Intent(
         task="gsm8k",
-        task_id=task_id,
+        intent_id=intent_id,
         instruction=instruction,
         shards=shard_math(instruction),
         reference=reference,
@@ -300,9 +300,9 @@ def _json_list(path: Path) -> list[Any]:
 def _check_unique_ids(intents: Sequence[Intent], path: str | Path) -> None:
     seen: set[str] = set()
     for intent in intents:
-        if intent.task_id in seen:
-            raise DataError(f"{path}: duplicate task_id {intent.task_id!r}")
-        seen.add(intent.task_id)
+        if intent.intent_id in seen:
+            raise DataError(f"{path}: duplicate task_id {intent.intent_id!r}")
+        seen.add(intent.intent_id)
 
 
 def load_lic(data_path: str | Path, limit: int | None = None) -> list[Intent]:

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from userlm_env.errors import DataError
-from userlm_env.metrics.judge import ChatClient, JsonDiskCache, ask_json, cache_key
+from userlm_env.json_cache import JsonCache, cache_key
+from userlm_env.metrics.judge import ChatClient, ask_json
 from userlm_env.metrics.text import content_set, is_number, numbers, word_count
-from userlm_env.types import ConversationState, Intent, Message
+from userlm_env.types import ConversationState, Intent, Message, Shard
 
 __all__ = [
     "DemandDetector",
@@ -45,7 +46,9 @@ __all__ = [
     "intent_coverage",
     "pace",
     "premature_end",
+    "intent_of_record",
     "repeat_required",
+    "shard_coverage",
     "skip_non_required",
 ]
 
@@ -79,22 +82,22 @@ class EpisodeView:
     @classmethod
     def from_state(cls, state: ConversationState) -> EpisodeView:
         """The view of a live (or finished) conversation."""
-        pairs = zip(state.user_turns, state.revealed, strict=True)
-        spoken = [(t.text, ids) for t, ids in pairs if not t.ended]
         return cls(
             intent=state.intent,
-            user_texts=tuple(text for text, _ in spoken),
-            revealed=tuple(tuple(ids) for _, ids in spoken),
+            user_texts=tuple(t.text for t in state.user_turns),
+            revealed=tuple(tuple(ids) for ids in state.revealed),
             assistant_texts=tuple(m["content"] for m in state.messages if m["role"] == "assistant"),
-            user_ended=bool(state.user_turns) and state.user_turns[-1].ended,
+            user_ended=state.user_ended,
             solved=state.solved,
         )
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], intent: Intent) -> EpisodeView:
-        """The view of a ``results.jsonl`` record (:class:`userlm_env.rollout.EpisodeRecord`)."""
-        if record.get("intent_id") != intent.task_id:
-            raise DataError(f"record {record.get('key')!r} is not about intent {intent.task_id}")
+    def from_record(cls, record: Mapping[str, Any], intent: Intent | None = None) -> EpisodeView:
+        """The view of a ``results.jsonl`` record (:class:`userlm_env.rollout.EpisodeRecord`);
+        the intent is the one the record carries unless given."""
+        intent = intent or intent_of_record(record)
+        if record.get("intent_id") != intent.intent_id:
+            raise DataError(f"record {record.get('key')!r} is not about intent {intent.intent_id}")
         messages = record.get("messages") or []
         users = [m["content"] for m in messages if m.get("role") == "user"]
         revealed = [tuple(ids) for ids in record.get("revealed") or []][: len(users)]
@@ -114,13 +117,39 @@ class EpisodeView:
         return frozenset(i for ids in self.revealed for i in ids)
 
 
+def intent_of_record(record: Mapping[str, Any]) -> Intent:
+    """The intent a ``results.jsonl`` record carries (without its reference: records never
+    hold the answer key).
+
+    Raises:
+        DataError: The record has no usable ``intent`` (written by an older version).
+    """
+    spec = record.get("intent")
+    if not isinstance(spec, Mapping) or not spec.get("shards"):
+        raise DataError(f"record {record.get('key')!r} carries no intent; re-run the episodes")
+    shards = tuple(Shard(int(s["id"]), str(s["text"]), bool(s["required"])) for s in spec["shards"])
+    return Intent(
+        task=str(record.get("task")),
+        intent_id=str(record.get("intent_id")),
+        instruction=str(spec.get("instruction", "")),
+        shards=shards,
+    )
+
+
 # --------------------------------------------------------------------------- D.3 metrics
+
+
+def shard_coverage(intent: Intent, revealed: Iterable[int]) -> float:
+    """Share of ``intent``'s shards among the ``revealed`` shard ids (ids it does not have do
+    not count). The one definition of coverage: the env's ``info``, the records and the
+    suite all use it."""
+    known = {s.id for s in intent.shards}
+    return len(known.intersection(revealed)) / len(known)
 
 
 def intent_coverage(view: EpisodeView) -> float:
     """Share of the intent's shards revealed at least once (paper eq. 1)."""
-    known = {s.id for s in view.intent.shards}
-    return len(view.revealed_ids() & known) / len(known)
+    return shard_coverage(view.intent, view.revealed_ids())
 
 
 def repeat_required(view: EpisodeView) -> bool:
@@ -156,10 +185,10 @@ def drift_run(view: EpisodeView) -> int:
 def pace(view: EpisodeView) -> dict[str, Any]:
     """The latest user turn: its index, its words, the user's words so far, new shard ids."""
     if not view.user_texts:
-        return {"turn": 0, "words": 0, "cumulative_words": 0, "new_shards": []}
+        return {"user_turn": 0, "words": 0, "cumulative_words": 0, "new_shards": []}
     before = frozenset(i for ids in view.revealed[:-1] for i in ids)
     return {
-        "turn": len(view.user_texts),
+        "user_turn": len(view.user_texts),
         "words": word_count(view.user_texts[-1]),
         "cumulative_words": sum(word_count(t) for t in view.user_texts),
         "new_shards": sorted(set(view.revealed[-1]) - before),
@@ -250,7 +279,7 @@ class LLMDemandJudge:
         self, client: ChatClient, *, cache_dir: str | Path | None = None, max_tries: int = 2
     ) -> None:
         self.client, self.max_tries = client, max_tries
-        self.cache = JsonDiskCache(cache_dir)
+        self.cache = JsonCache(cache_dir)
 
     def novel_turns(self, view: EpisodeView) -> list[int]:
         """1-based indices of the user turns the judge found novel information in."""
@@ -258,7 +287,7 @@ class LLMDemandJudge:
             "demands",
             "1",
             self.client.config.model,
-            view.intent.task_id,
+            view.intent.intent_id,
             [s.text for s in view.intent.shards],
             list(view.user_texts),
         )

@@ -31,6 +31,7 @@ from statistics import fmean
 from typing import Any, Protocol, runtime_checkable
 
 from userlm_env.errors import DataError
+from userlm_env.json_cache import JsonCache, cache_key
 from userlm_env.metrics.diversity import jaccard as set_jaccard
 from userlm_env.metrics.diversity import mean_pairwise_jaccard
 from userlm_env.metrics.intrinsic_data import (
@@ -41,7 +42,7 @@ from userlm_env.metrics.intrinsic_data import (
     load_jsonl,
     load_online,
 )
-from userlm_env.metrics.judge import ChatClient, JsonDiskCache, ask_json, cache_key
+from userlm_env.metrics.judge import ChatClient, ask_json
 from userlm_env.metrics.text import content_set, lemma, tokens, unigrams, word_count
 from userlm_env.types import ConversationState, Intent, Message, Shard, UserTurn
 
@@ -203,7 +204,7 @@ class IntentAdherenceJudge:
         self, client: ChatClient, *, cache_dir: str | Path | None = None, max_tries: int = 2
     ) -> None:
         self.client, self.max_tries = client, max_tries
-        self.cache = JsonDiskCache(cache_dir)
+        self.cache = JsonCache(cache_dir)
 
     def judge(self, items: Sequence[tuple[str, str, str]]) -> list[bool]:
         """For each ``(question, assistant reply, next user turn)``: did the user adhere?"""
@@ -265,7 +266,7 @@ def termination_items(conversations: Iterable[Conversation]) -> list[Termination
 
 def _state(intent_id: str, intent: str, prefix: Sequence[Message], seed: int) -> ConversationState:
     """A state whose intent is ``intent`` (one shard) and whose history is ``prefix``."""
-    spec = Intent(task="chat", task_id=intent_id, instruction=intent, shards=(Shard(1, intent),))
+    spec = Intent(task="chat", intent_id=intent_id, instruction=intent, shards=(Shard(1, intent),))
     users = [UserTurn(text=m["content"]) for m in prefix if m["role"] == "user"]
     return ConversationState(
         intent=spec, seed=seed, messages=[Message(**m) for m in prefix],

@@ -1,75 +1,74 @@
-"""Plumbing shared by the LLM judges of the metrics: JSON replies, validation retries, disk cache.
+"""Plumbing shared by the LLM judges of the metrics: JSON replies and validation retries.
 
 Every judge (shard matching, added demands, intent adherence) sends chat messages through an
 :class:`userlm_env.llm.LLMClient` (or anything with ``config.model`` and ``chat_many``), reads
-one JSON object from each reply, validates it with a judge-specific function and, when the reply
-is invalid, asks again with the validation error appended (``max_tries`` replies at most). A
-reply that stays invalid raises :class:`~userlm_env.errors.DataError`; a failed call raises the
-client's :class:`~userlm_env.errors.LLMCallError`. Nothing is silently dropped.
+one JSON object from each reply (:func:`parse_json_object`), validates it with a judge-specific
+function and, when the reply is invalid, asks again with the validation error appended
+(:func:`ask_json`, on the generate-vet-retry loop of :mod:`userlm_env.resample`; ``max_tries``
+replies at most). A reply that stays invalid raises :class:`~userlm_env.errors.DataError`; a
+failed call raises the client's :class:`~userlm_env.errors.LLMCallError`. Nothing is silently
+dropped. The judges cache their verdicts in a :class:`userlm_env.json_cache.JsonCache`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
+import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from userlm_env.errors import DataError
-from userlm_env.llm import ChatClient, parse_json_object
+from userlm_env.llm import ChatClient
+from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import Message
 
-__all__ = ["ChatClient", "JsonDiskCache", "ask_json", "cache_key", "parse_json_object"]
+__all__ = ["ChatClient", "ask_json", "parse_json_object"]
 
 T = TypeVar("T")
 
-
-def cache_key(*parts: Any) -> str:
-    """SHA-256 of the JSON encoding of ``parts`` (the identity of one judged item)."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=repr)
-    return hashlib.sha256(blob.encode()).hexdigest()
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
-class JsonDiskCache:
-    """JSON values in ``<folder>/<key[:2]>/<key>.json``, written atomically.
+def parse_json_object(text: str) -> dict[str, Any]:
+    """The JSON object in a reply: bare, fenced in a code block, or after a short preamble.
 
     Args:
-        folder: Where entries live; ``None`` disables the cache (every lookup misses).
+        text: The model's reply.
+
+    Returns:
+        The decoded object.
+
+    Raises:
+        DataError: The reply holds no JSON object, invalid JSON, or JSON that is not an object.
     """
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end < start:
+        raise DataError("the reply holds no JSON object")
+    try:
+        value = json.loads(body[start : end + 1])
+    except json.JSONDecodeError as error:
+        raise DataError(f"the reply is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise DataError("the reply's JSON is not an object")
+    return value
 
-    def __init__(self, folder: str | Path | None) -> None:
-        self.folder = Path(folder) if folder is not None else None
 
-    def get(self, key: str) -> Any | None:
-        """The stored value, or ``None`` on a miss (an unreadable entry counts as a miss)."""
-        if self.folder is None:
-            return None
-        try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+@dataclass
+class _Asked:
+    """One item being judged: its index and the conversation so far (feedback appended)."""
 
-    def put(self, key: str, value: Any) -> None:
-        """Store ``value`` under ``key`` (readers see the old entry or the whole new one)."""
-        if self.folder is None:
-            return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as sink:
-                json.dump(value, sink, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    index: int
+    conversation: list[Message]
 
-    def _path(self, key: str) -> Path:
-        assert self.folder is not None
-        return self.folder / key[:2] / f"{key}.json"
+
+@dataclass(frozen=True)
+class _Valid(Generic[T]):
+    """A validated value, boxed so that a falsy or ``None`` verdict still counts as accepted."""
+
+    value: T
 
 
 def ask_json(
@@ -82,50 +81,64 @@ def ask_json(
 ) -> list[T]:
     """Ask every prompt, validate each reply with ``validate(index, obj)``; retry the invalid.
 
-    ``validate`` raises :class:`DataError` on a bad reply; its message goes back to the model.
+    ``validate`` raises :class:`DataError` on a bad reply; its message goes back to the model
+    (the reply and a feedback message are appended to that item's conversation).
+
+    Args:
+        client: The judge's client.
+        prompts: One conversation per item.
+        validate: ``(item index, reply object) -> value``; raises :class:`DataError`.
+        max_tries: Replies asked per item at most (>= 1).
+        seed: Sampling seed sent with every request.
+
+    Returns:
+        One validated value per prompt, in order.
+
+    Raises:
+        DataError: Some item got no valid reply in ``max_tries`` (names the model, how many
+            items failed and the first one's last error).
+        ValueError: ``max_tries`` is below 1.
     """
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-    conversations = [list(p) for p in prompts]
-    results: dict[int, T] = {}
-    errors: dict[int, str] = {}
-    pending = list(range(len(conversations)))
-    for _ in range(max_tries):
-        if not pending:
-            break
-        replies = client.chat_many([conversations[i] for i in pending], seeds=[seed] * len(pending))
-        pending = _settle(pending, replies, conversations, validate, results, errors)
-    if pending:
-        first = pending[0]
+    rows = [_Asked(index, list(prompt)) for index, prompt in enumerate(prompts)]
+
+    def generate(pending: list[_Asked], _: int) -> Sequence[Any]:
+        conversations = [row.conversation for row in pending]
+        return client.chat_many(conversations, seeds=[seed] * len(pending))
+
+    def vet(row: _Asked, reply: Any) -> Verdict[_Valid[T]]:
+        return _vet(row, reply.text, validate)
+
+    outcomes = resample(rows, generate, vet, tries=max_tries)
+    return _values(outcomes, client.config.model, max_tries)
+
+
+def _vet(
+    row: _Asked, text: str, validate: Callable[[int, dict[str, Any]], T]
+) -> Verdict[_Valid[T]]:
+    """Accept a valid reply; else append it and the feedback to the row's conversation."""
+    try:
+        return Verdict.accept(_Valid(validate(row.index, parse_json_object(text))))
+    except DataError as error:
+        row.conversation += [
+            Message(role="assistant", content=text),
+            Message(
+                role="user",
+                content=f"That reply is invalid: {error}. Answer again with the JSON object only.",
+            ),
+        ]
+        return Verdict.reject(str(error))
+
+
+def _values(outcomes: Sequence[Outcome[_Valid[T]]], model: str, max_tries: int) -> list[T]:
+    """The accepted values, in order; :class:`DataError` when some item has none."""
+    boxes = [outcome.value for outcome in outcomes]
+    failed = [index for index, box in enumerate(boxes) if box is None]
+    if failed:
+        first = failed[0]
         raise DataError(
-            f"the judge {client.config.model!r} gave no valid reply for {len(pending)} item(s) "
-            f"after {max_tries} tries; item {first}: {errors[first]}"
+            f"the judge {model!r} gave no valid reply for {len(failed)} item(s) after "
+            f"{max_tries} tries; item {first}: {outcomes[first].last_reason}"
         )
-    return [results[i] for i in range(len(conversations))]
-
-
-def _settle(
-    pending: list[int],
-    replies: Sequence[Any],
-    conversations: list[list[Message]],
-    validate: Callable[[int, dict[str, Any]], T],
-    results: dict[int, T],
-    errors: dict[int, str],
-) -> list[int]:
-    """Record the valid replies; append feedback to the others and return their indices."""
-    still = []
-    for index, reply in zip(pending, replies, strict=True):
-        try:
-            results[index] = validate(index, parse_json_object(reply.text))
-        except DataError as error:
-            errors[index] = str(error)
-            conversations[index] += [
-                Message(role="assistant", content=reply.text),
-                Message(
-                    role="user",
-                    content=f"That reply is invalid: {error}. Answer again "
-                    "with the JSON object only.",
-                ),
-            ]
-            still.append(index)
-    return still
+    return [box.value for box in boxes if box is not None]

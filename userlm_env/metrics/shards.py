@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from userlm_env.errors import DataError
-from userlm_env.metrics.judge import ChatClient, JsonDiskCache, ask_json, cache_key
+from userlm_env.json_cache import JsonCache, cache_key
+from userlm_env.metrics.judge import ChatClient, ask_json
 from userlm_env.metrics.text import is_number, lemma, stopwords, tokens, unigrams
 from userlm_env.types import Intent, Message, Shard
 
@@ -279,7 +280,7 @@ class LLMJudgeShardMatcher:
         seed: int | None = 0,
     ) -> None:
         self.client, self.max_tries, self.seed = client, max_tries, seed
-        self.cache = JsonDiskCache(cache_dir)
+        self.cache = JsonCache(cache_dir)
 
     def match(self, turn: str, intent: Intent) -> tuple[int, ...]:
         """Shard ids of one turn judged on its own."""
@@ -318,7 +319,7 @@ class LLMJudgeShardMatcher:
     def _key(self, turn: str, intent: Intent) -> str:
         shards = [(s.id, s.text, s.required) for s in intent.shards]
         version = JUDGE_PROMPT_VERSION
-        return cache_key("shards", version, self.client.config.model, intent.task_id, shards, turn)
+        return cache_key("shards", version, self.client.config.model, intent.intent_id, shards, turn)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -1,4 +1,4 @@
-"""The simulation metrics suite of the paper's Table 3, computed over many episodes.
+"""The metric suite: the paper's Table 3 over many episodes, and the score table of a run.
 
 Each :class:`SuiteMetric` declares whether a higher value is better (``None`` when neither: the
 information-diversity rates describe a simulator's behaviour rather than rank it) and how it
@@ -9,14 +9,20 @@ any subset.
 
 Per-intent metrics need at least two simulations of an intent; intents with fewer are left out
 of them (and a suite with no such intent reports ``None``).
+
+:func:`score_rows` is the table the ``simulate`` and ``score`` entry points print and the report
+extends: per task and overall, episodes, failures, the Assistant Score (the one definition,
+:func:`assistant_score`, shared with the suite) with a bootstrap 95% interval, mean user turns,
+mean coverage, answer attempts and cost. Everything here reads records as they were written;
+nothing is recomputed from the conversations except the words behind Unigram Difference.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from statistics import fmean
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -24,15 +30,20 @@ import numpy as np
 from userlm_env.metrics.diversity import unigram_difference
 from userlm_env.metrics.episode import EpisodeMetricsConfig, EpisodeView, episode_metrics
 from userlm_env.metrics.text import unigrams
+from userlm_env.records import latest_by_key
 
 __all__ = [
     "SUITE",
     "Aggregation",
     "SimulatedEpisode",
     "SuiteMetric",
+    "assistant_score",
+    "bootstrap_ci",
     "by_intent",
     "compute_suite",
+    "format_table",
     "format_value",
+    "score_rows",
 ]
 
 Aggregation = Literal["mean over episodes", "mean over intents"]
@@ -45,7 +56,7 @@ class SimulatedEpisode:
     Attributes:
         intent_id: The intent the user pursued.
         task: The task that scored it (``gsm8k``, ``humaneval``...).
-        turns: Spoken user turns (user-assistant exchanges).
+        user_turns: Spoken user turns.
         solved: Some assistant reply solved the task (Assistant Score).
         words: Lemmatised unigrams of all the user turns (for Unigram Difference).
         metrics: The episode's :func:`~userlm_env.metrics.episode.episode_metrics`.
@@ -53,7 +64,7 @@ class SimulatedEpisode:
 
     intent_id: str
     task: str
-    turns: int
+    user_turns: int
     solved: bool
     words: frozenset[str]
     metrics: Mapping[str, Any]
@@ -64,12 +75,25 @@ class SimulatedEpisode:
     ) -> SimulatedEpisode:
         """Compute the per-episode metrics of ``view``."""
         return cls(
-            intent_id=view.intent.task_id,
+            intent_id=view.intent.intent_id,
             task=view.intent.task,
-            turns=len(view.user_texts),
+            user_turns=len(view.user_texts),
             solved=view.solved,
             words=unigrams(view.user_texts),
             metrics=episode_metrics(view, config),
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SimulatedEpisode:
+        """The episode of a ``results.jsonl`` record, with the metrics it stored."""
+        users = [m["content"] for m in record.get("messages") or [] if m.get("role") == "user"]
+        return cls(
+            intent_id=str(record["intent_id"]),
+            task=str(record["task"]),
+            user_turns=int(record["user_turns"]),
+            solved=bool(record["solved"]),
+            words=unigrams(users),
+            metrics=dict(record.get("metrics") or {}),
         )
 
 
@@ -112,8 +136,15 @@ def _episode_mean(key: str) -> Callable[[Sequence[SimulatedEpisode]], float | No
     return compute
 
 
+def assistant_score(solved: Iterable[bool]) -> float | None:
+    """Share of episodes in which some reply solved the task (``None`` for none): the one
+    definition of the Assistant Score."""
+    values = [1.0 if s else 0.0 for s in solved]
+    return fmean(values) if values else None
+
+
 def _assistant_score(episodes: Sequence[SimulatedEpisode]) -> float | None:
-    return fmean(1.0 if e.solved else 0.0 for e in episodes) if episodes else None
+    return assistant_score(e.solved for e in episodes)
 
 
 def _repeated_intents(episodes: Sequence[SimulatedEpisode]) -> list[list[SimulatedEpisode]]:
@@ -125,7 +156,7 @@ def _turn_variance(episodes: Sequence[SimulatedEpisode]) -> float | None:
     groups = _repeated_intents(episodes)
     if not groups:
         return None
-    return fmean(float(np.var([e.turns for e in group])) for group in groups)
+    return fmean(float(np.var([e.user_turns for e in group])) for group in groups)
 
 
 def _turn_range(episodes: Sequence[SimulatedEpisode]) -> tuple[float, float] | None:
@@ -133,8 +164,8 @@ def _turn_range(episodes: Sequence[SimulatedEpisode]) -> tuple[float, float] | N
     groups = _repeated_intents(episodes)
     if not groups:
         return None
-    low = fmean(min(e.turns for e in group) for group in groups)
-    high = fmean(max(e.turns for e in group) for group in groups)
+    low = fmean(min(e.user_turns for e in group) for group in groups)
+    high = fmean(max(e.user_turns for e in group) for group in groups)
     return low, high
 
 
@@ -187,3 +218,82 @@ def format_value(metric: SuiteMetric, value: Any) -> str:
     if metric.percent:
         return f"{100.0 * value:.1f}"
     return f"{value:.2f}"
+
+
+# --------------------------------------------------------------------------- score table
+
+
+def bootstrap_ci(
+    values: Sequence[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (``nan`` bounds when empty)."""
+    if not values:
+        return float("nan"), float("nan")
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def score_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per task, and overall when there are several: episodes, failed, Assistant Score with
+    its 95% bootstrap interval, mean user turns, mean coverage, answer attempts per episode and
+    total cost (``None`` if any cost is unknown). The last record of each key counts."""
+    by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in latest_by_key(records):
+        by_task[record["task"]].append(record)
+    groups = sorted(by_task.items())
+    if len(groups) > 1:
+        groups.append(("all", [r for _, group in groups for r in group]))
+    return [_score_row(task, group) for task, group in groups]
+
+
+def _score_row(task: str, group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in group if not r.get("error")]
+    solved = [1.0 if r["solved"] else 0.0 for r in ok]
+    low, high = bootstrap_ci(solved)
+    costs = [r.get("cost") for r in ok]
+    score = assistant_score(r["solved"] for r in ok)
+    return {
+        "task": task,
+        "episodes": len(group),
+        "failed": len(group) - len(ok),
+        "assistant_score": float("nan") if score is None else score,
+        "ci95_low": low,
+        "ci95_high": high,
+        "mean_user_turns": _mean(r["user_turns"] for r in ok),
+        "mean_coverage": _mean(r["coverage"] for r in ok),
+        "attempts_per_episode": _mean(r["attempts"] for r in ok),
+        "cost_usd": None if any(c is None for c in costs) else float(sum(costs)),
+    }
+
+
+def _mean(values: Iterable[float]) -> float:
+    kept = list(values)
+    return fmean(kept) if kept else float("nan")
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of ``rows`` (floats with 3 decimals, ``None`` as ``unknown``)."""
+    if not rows:
+        return "(no episodes)"
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) + " |"
+        for line in cells
+    ]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -6,8 +6,8 @@
 2. Build the program: the import lines of the problem's prompt, then the prompt's helper
    functions the block does not define itself (e.g. ``poly`` for ``find_zero``), then the block.
 3. Run it in the sandbox (:mod:`userlm_env.tasks.sandbox`): the candidate process loads the
-   program; a separate judge process runs the prompt (for helpers the tests use), the tests and
-   ``check(candidate)``. Reward 1.0 iff the judge reports that every test passed.
+   program; a separate checker process runs the prompt (for helpers the tests use), the tests and
+   ``check(candidate)``. Reward 1.0 iff the checker reports that every test passed.
 
 Model-written code never runs in this process.
 """
@@ -24,7 +24,7 @@ from userlm_env.errors import DataError
 from userlm_env.tasks.sandbox import Program, RunResult, Sandbox, SandboxConfig
 from userlm_env.types import Intent, Score
 
-__all__ = ["CodeTask", "build_program", "extract_code", "find_code_blocks"]
+__all__ = ["CodeScorer", "build_program", "extract_code", "find_code_blocks"]
 
 _FENCE_RE = re.compile(
     r"^[ \t]*(?P<fence>```|~~~)[ \t]*(?P<lang>[\w+.-]*)[^\n]*\n(?P<body>.*?)"
@@ -151,7 +151,7 @@ def _to_score(result: RunResult) -> Score:
     return Score(attempted=True, solved=False, reward=0.0, detail=result.detail)
 
 
-class CodeTask:
+class CodeScorer:
     """Scores HumanEval-style replies by running the problem's tests in the sandbox.
 
     Cheap to construct: the sandbox starts its workers on first use. Thread-safe.

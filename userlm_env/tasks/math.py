@@ -27,7 +27,7 @@ from fractions import Fraction
 from userlm_env.errors import DataError
 from userlm_env.types import Intent, Score
 
-__all__ = ["MathTask", "extract_answer", "is_answer_attempt", "parse_number"]
+__all__ = ["MathScorer", "extract_answer", "is_answer_attempt", "parse_number"]
 
 _NUMBER = (
     r"(?<![\w./])(?P<sign>[-−])?\$?\s?"
@@ -231,7 +231,7 @@ def _show(value: Fraction) -> str:
     return f"{float(value):.6g}"
 
 
-class MathTask:
+class MathScorer:
     """Scores GSM8k-style replies: reward 1.0 iff the reply's answer equals the reference.
 
     Args:
@@ -265,8 +265,11 @@ class MathTask:
             raise ValueError(f"{len(replies)} replies for {len(intents)} intents")
         return [self.score(r, i) for r, i in zip(replies, intents, strict=True)]
 
+    def close(self) -> None:
+        """Nothing to release: the math check runs in-process."""
+
     @staticmethod
     def _expected(intent: Intent) -> Fraction:
         if "answer" not in intent.reference:
-            raise DataError(f"intent {intent.task_id!r} has no reference answer")
+            raise DataError(f"intent {intent.intent_id!r} has no reference answer")
         return parse_number(str(intent.reference["answer"]))

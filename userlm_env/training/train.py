@@ -146,10 +146,10 @@ class LossRecorder(TrainerCallback):
 
 
 def load_tokenizer(name: str, chat_template: str | None = None) -> Any:
-    """Load a tokenizer (a fresh copy), give it ``chat_template`` and a pad token if missing.
+    """Load a tokenizer (a fresh copy) and give it ``chat_template``.
 
     ``name`` is resolved as by :func:`userlm_env.models.load_tokenizer` (embedded model, local
-    checkpoint or hub id; offline-aware).
+    checkpoint or hub id; offline-aware), which also gives it a pad token when it has none.
     """
     tokenizer = load_base_tokenizer(name)
     if chat_template:
@@ -161,8 +161,6 @@ def load_tokenizer(name: str, chat_template: str | None = None) -> Any:
             f"tokenizer {name!r} has no chat template: set TrainConfig.chat_template "
             "(the userlm_1b and userlm_8b presets carry a Llama-3 one)"
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 

@@ -12,11 +12,11 @@ Usage::
 
 How a program runs (one warm worker per CPU, each started once under bubblewrap)
     The model's code runs in a *candidate* process forked per program from a clean zygote; the
-    trusted tests run in a separate, unprivileged *judge* process that calls the candidate's
+    trusted tests run in a separate, unprivileged *checker* process that calls the candidate's
     function through a proxy. Arguments and results cross as plain data (``None``, ``bool``,
     ``int``, ``float``, ``complex``, ``str``, ``bytes``, and lists/tuples/dicts/sets of them),
-    rebuilt by the judge from JSON. Calls whose arguments are literals in the test are sent in
-    one batch up front (one round trip), the rest one by one. The judge returns its verdict
+    rebuilt by the checker from JSON. Calls whose arguments are literals in the test are sent in
+    one batch up front (one round trip), the rest one by one. The checker returns its verdict
     with a per-run random nonce on a socket only it and the worker hold. A program passes only
     when that verdict says ``check`` ran, called the candidate and returned.
 
@@ -29,7 +29,7 @@ What it protects against
     * Escapes and damage: no network; read-only root with only system folders and the Python
       installation visible (no home, no repository, no host ``/tmp``); a private size-capped
       ``/tmp``; a scrubbed environment (no API keys); on a root host the program runs under its
-      own unprivileged uid, so it cannot signal, trace or read the worker, the judge or the host
+      own unprivileged uid, so it cannot signal, trace or read the worker, the checker or the host
       (the host is outside its PID namespace anyway).
     * Resource abuse: rlimits on CPU time, address space, file size, processes (root hosts),
       open files; a wall-clock timeout that SIGKILLs the whole tree (signal handlers cannot
@@ -44,7 +44,7 @@ What it does NOT protect against
     * Reading world-readable files under ``/usr`` and the Python installation.
     * A program creating its own user namespaces (allowed by most kernels; they gain nothing
       outside the sandbox's namespaces).
-    * Weak tests: the judge only guarantees what the tests check. Arguments reach the
+    * Weak tests: the checker only guarantees what the tests check. Arguments reach the
       candidate as copies, so a test cannot observe in-place mutation; a test that accepts any
       exception accepts the candidate's. The candidate sees the literal arguments of all test
       calls at once (never the expected results), and a function that keeps state between

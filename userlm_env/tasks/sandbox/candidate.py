@@ -1,4 +1,4 @@
-"""The candidate process: runs the model's code and answers the judge's calls.
+"""The candidate process: runs the model's code and answers the checker's calls.
 
 Standard library only (it runs inside the sandbox). Forked by the zygote once per program: a
 new session, rlimits, an unprivileged uid on root hosts, and a fresh working folder; its
@@ -51,7 +51,7 @@ def candidate_main(job: dict[str, Any], fds: list[int], cfg: dict[str, Any]) -> 
 
 
 def _serve(source: str, entry_point: str, limit: int) -> None:
-    """Load ``source`` and answer the judge's calls to ``entry_point`` until it hangs up."""
+    """Load ``source`` and answer the checker's calls to ``entry_point`` until it hangs up."""
     namespace: dict[str, Any] = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
         exec(compile(source, "<candidate>", "exec"), namespace)

@@ -1,4 +1,4 @@
-"""Data types of the sandbox: its configuration, a program to judge, and a run's result."""
+"""Data types of the sandbox: its configuration, a program to checker, and a run's result."""
 
 from __future__ import annotations
 
@@ -61,16 +61,16 @@ class SandboxConfig:
 
 @dataclass(frozen=True)
 class Program:
-    """Untrusted code to judge with trusted tests.
+    """Untrusted code to checker with trusted tests.
 
-    The judge runs ``setup`` then ``test`` (which must define ``check(candidate)``) and calls
+    The checker runs ``setup`` then ``test`` (which must define ``check(candidate)``) and calls
     ``check`` with a stand-in for the function ``entry_point`` that ``source`` defines.
     """
 
     source: str  # untrusted code (model-written); runs in the candidate process only
-    test: str  # trusted test code defining check(candidate); runs in the judge process only
+    test: str  # trusted test code defining check(candidate); runs in the checker process only
     entry_point: str  # name of the function ``source`` must define
-    setup: str = ""  # trusted code the judge runs before ``test`` (helpers the test refers to)
+    setup: str = ""  # trusted code the checker runs before ``test`` (helpers the test refers to)
 
     def __post_init__(self) -> None:
         for name in ("source", "test", "entry_point", "setup"):
@@ -85,7 +85,7 @@ class RunResult:
     """How one program ended.
 
     Attributes:
-        passed: The judge positively reported that ``check`` ran and returned.
+        passed: The checker positively reported that ``check`` ran and returned.
         status: ``"passed"``, ``"failed"``, ``"timeout"`` or ``"error"`` (sandbox trouble).
         detail: A short reason: ``"passed"``, ``"timeout"``, ``"memory limit"``,
             ``"crashed: SIGSEGV"``, ``"tests failed: AssertionError"``, ...

@@ -199,8 +199,8 @@ def _limits(config: SandboxConfig, privileged: bool) -> dict[str, dict[str, int]
     }
     if privileged:  # RLIMIT_NPROC counts per uid: only meaningful under our own uid
         candidate["RLIMIT_NPROC"] = config.max_procs
-    judge = {"RLIMIT_AS": memory, "RLIMIT_CORE": 0}  # long-lived: the wall clock bounds its CPU
-    return {"candidate_limits": candidate, "judge_limits": judge}
+    checker = {"RLIMIT_AS": memory, "RLIMIT_CORE": 0}  # long-lived: the wall clock bounds its CPU
+    return {"candidate_limits": candidate, "checker_limits": checker}
 
 
 def _world_accessible(path: str) -> bool:
@@ -229,7 +229,7 @@ def _worker_config(config: SandboxConfig, tmp_root: str, keep_read: bool) -> dic
     uid = 1_000_000 + 2 * secrets.randbelow(500_000_000) if privileged else None
     return {
         "candidate_uid": uid,
-        "judge_uid": None if uid is None else uid + 1,
+        "checker_uid": None if uid is None else uid + 1,
         "keep_read": privileged and keep_read,
         "tmp_root": tmp_root,
         "output_limit": config.output_limit_bytes,

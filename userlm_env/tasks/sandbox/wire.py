@@ -6,7 +6,7 @@ file), so it must not import anything from ``userlm_env``.
 * Framing: every message is a 4-byte big-endian length followed by that many bytes of UTF-8
   JSON. Readers refuse messages longer than a cap, so a hostile writer cannot make them allocate
   without bound.
-* Plain values: function arguments and return values cross between the judge and the candidate
+* Plain values: function arguments and return values cross between the checker and the candidate
   process as tagged JSON. :func:`decode_value` is the trust boundary: whatever bytes the
   candidate sends, it builds only ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``,
   ``bytes`` and ``list``/``tuple``/``dict``/``set``/``frozenset`` of those - never an object

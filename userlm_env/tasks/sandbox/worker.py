@@ -1,6 +1,6 @@
 """In-sandbox half of the sandbox: the warden process, its zygote, and how runs are classified.
 
-The children live in :mod:`candidate` and :mod:`judge`; clean-up in :mod:`reaper`. Standard
+The children live in :mod:`candidate` and :mod:`checker`; clean-up in :mod:`reaper`. Standard
 library only. The host starts it inside the isolation layer as
 ``python -I -c "<boot>" <this folder> <config json>``; the host never runs it in-process.
 
@@ -11,7 +11,7 @@ Processes of one worker (one sandbox instance, started once, serving many progra
     |   |           a child subreaper that kills and reaps everything a program leaves
     |   `-- candidate (C), one per program: own session, rlimits, unprivileged uid, fresh
     |               working folder; runs the model's code and answers calls over two pipes
-    `-- judge (R)   long-lived, unprivileged: runs the trusted ``setup`` + ``test`` and
+    `-- checker (R)   long-lived, unprivileged: runs the trusted ``setup`` + ``test`` and
                     ``check(candidate)``, where ``candidate`` is a proxy whose calls travel to
                     C as plain data and whose results come back as plain data (:mod:`wire`);
                     it answers W with ``{nonce, verdict}`` on a socket only W and R hold.
@@ -36,11 +36,11 @@ import time
 from typing import Any
 
 if __package__:  # imported as a package module (the host's tests)
-    from . import candidate, isolate, judge, reaper, wire
+    from . import candidate, checker, isolate, reaper, wire
 else:  # imported by file inside the sandbox, where ``userlm_env`` is not importable
     import candidate  # type: ignore[no-redef]
+    import checker  # type: ignore[no-redef]
     import isolate  # type: ignore[no-redef]
-    import judge  # type: ignore[no-redef]
     import reaper  # type: ignore[no-redef]
     import wire  # type: ignore[no-redef]
 
@@ -74,7 +74,7 @@ def _zygote_main(sock: socket.socket, cfg: dict[str, Any]) -> None:
 def _finish(pid: int, grace_s: float, cfg: dict[str, Any]) -> dict[str, Any]:
     """Record how the candidate ended, kill its whole tree, reap it, empty the temp folder.
 
-    ``grace_s``: how long to wait for the candidate to end by itself (when the judge saw it
+    ``grace_s``: how long to wait for the candidate to end by itself (when the checker saw it
     stop answering, it is exiting right now; its exit status names the cause).
     """
     done, status = _wait_for(pid, grace_s)
@@ -104,7 +104,7 @@ def _wait_for(pid: int, grace_s: float) -> tuple[bool, int]:
 
 # --- warden (W) -----------------------------------------------------------------------------
 
-_JUDGE_JOBS = 256  # programs one judge process serves before it is replaced (bounds leaks)
+_CHECKER_JOBS = 256  # programs one checker process serves before it is replaced (bounds leaks)
 
 
 class _Output:
@@ -123,10 +123,10 @@ class _Output:
         return self.kept.decode(errors="replace") + tail
 
 
-class _Judge:
-    """The warden's handle on the persistent judge process (R).
+class _Checker:
+    """The warden's handle on the persistent checker process (R).
 
-    Forked on first use, replaced after a timeout, a crash, or ``_JUDGE_JOBS`` programs.
+    Forked on first use, replaced after a timeout, a crash, or ``_CHECKER_JOBS`` programs.
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -134,8 +134,8 @@ class _Judge:
         self.sock: socket.socket | None = None
 
     def submit(self, fds: list[int], message: dict[str, Any]) -> int:
-        """Hand one test job to the judge (starting it if needed); returns its socket's fd."""
-        if self.sock is None or self.jobs >= _JUDGE_JOBS:
+        """Hand one test job to the checker (starting it if needed); returns its socket's fd."""
+        if self.sock is None or self.jobs >= _CHECKER_JOBS:
             self.stop()
             self._start()
         assert self.sock is not None
@@ -149,12 +149,12 @@ class _Judge:
         pid = os.fork()
         if pid == 0:
             ours.close()
-            judge.judge_main(theirs.detach(), self.cfg)
+            checker.checker_main(theirs.detach(), self.cfg)
         theirs.close()
         self.pid, self.sock, self.jobs = pid, ours, 0
 
     def stop(self) -> None:
-        """Kill and reap the judge (a later job starts a fresh one)."""
+        """Kill and reap the checker (a later job starts a fresh one)."""
         if self.sock is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -183,9 +183,9 @@ def _pump(outputs: dict[int, _Output], wait_fd: int, deadline: float) -> bool:
 
 
 def _run(
-    job: dict[str, Any], zygote: socket.socket, judge_process: _Judge, cfg: dict[str, Any]
+    job: dict[str, Any], zygote: socket.socket, checker_process: _Checker, cfg: dict[str, Any]
 ) -> dict[str, Any]:
-    """Run one program (C via the zygote, the tests in the judge) and classify how it ended."""
+    """Run one program (C via the zygote, the tests in the checker) and classify how it ended."""
     started = time.monotonic()
     deadline = started + float(job["timeout_s"])
     req_r, req_w = os.pipe()
@@ -196,14 +196,14 @@ def _run(
     wire.write_message(zygote.fileno(), {k: job[k] for k in ("source", "entry_point", "run_id")})
     nonce = os.urandom(16).hex()
     test_job = {k: job[k] for k in ("setup", "test", "entry_point")} | {"nonce": nonce}
-    judge_fd = judge_process.submit([req_w, resp_r], test_job)
+    checker_fd = checker_process.submit([req_w, resp_r], test_job)
     for fd in (req_r, resp_w, out_w, err_w, req_w, resp_r):
         os.close(fd)
     out, err = _Output(cfg["output_limit"]), _Output(cfg["output_limit"])
-    in_time = _pump({out_r: out, err_r: err}, judge_fd, deadline)
-    verdict = _verdict(_receive(judge_fd, deadline + 1), nonce) if in_time else None
+    in_time = _pump({out_r: out, err_r: err}, checker_fd, deadline)
+    verdict = _verdict(_receive(checker_fd, deadline + 1), nonce) if in_time else None
     if verdict is None:
-        judge_process.stop()  # timed out, died or confused: the next job gets a fresh judge
+        checker_process.stop()  # timed out, died or confused: the next job gets a fresh checker
     grace = 0.25 if (verdict or {}).get("reason") == "died" else 0.0
     wire.write_message(zygote.fileno(), {"grace_s": grace})
     ending = wire.read_message(zygote.fileno(), 1 << 16)
@@ -222,7 +222,7 @@ def _run(
 
 
 def _receive(fd: int, deadline: float) -> Any:
-    """One message from the judge, or ``None`` if it died, stalled or sent garbage."""
+    """One message from the checker, or ``None`` if it died, stalled or sent garbage."""
     try:
         return wire.read_message(fd, 1 << 20, deadline)
     except (OSError, TimeoutError, wire.PlainValueError):
@@ -240,7 +240,7 @@ def _drain(out_r: int, err_r: int, out: _Output, err: _Output) -> None:
 
 
 def _verdict(message: Any, nonce: str) -> dict[str, Any] | None:
-    """The judge's verdict if ``message`` carries this run's nonce, else ``None``."""
+    """The checker's verdict if ``message`` carries this run's nonce, else ``None``."""
     if type(message) is not dict or message.get("nonce") != nonce:
         return None
     verdict = message.get("verdict")
@@ -263,7 +263,7 @@ def _ended_itself(ending: dict[str, Any]) -> str:
 def _classify(
     in_time: bool, verdict: dict[str, Any] | None, ending: dict[str, Any]
 ) -> tuple[str, str]:
-    """(status, detail) of a run from the deadline, the judge's verdict and C's ending."""
+    """(status, detail) of a run from the deadline, the checker's verdict and C's ending."""
     if verdict is not None and verdict.get("ok") is True:
         return "passed", "passed"
     if not in_time:
@@ -271,7 +271,7 @@ def _classify(
             return "timeout", "cpu limit"
         return "timeout", "timeout"
     if verdict is None:
-        return "error", "judge gave no verdict"
+        return "error", "checker gave no verdict"
     if verdict.get("reason") == "died" and ending.get("natural"):
         return "failed", _ended_itself(ending)
     return "failed", _reason(verdict)
@@ -313,13 +313,13 @@ def main(config_json: str) -> None:
         isolate.place_fds([zygote_sock.detach()])
         _zygote_main(socket.socket(fileno=3), cfg)
     zygote_sock.close()
-    judge_process = _Judge(cfg)
+    checker_process = _Checker(cfg)
     wire.write_message(host_out, {"ready": True, "pid": os.getpid()})
     run_id = 0
     while (job := wire.read_message(host_in, 1 << 30)) is not None:
         run_id += 1
         try:
-            result = _run({**job, "run_id": run_id}, parent_sock, judge_process, cfg)
+            result = _run({**job, "run_id": run_id}, parent_sock, checker_process, cfg)
         except Exception as error:  # the worker is broken: report, then let the host restart it
             result = {"status": "error", "detail": f"sandbox error: {error!r}"[:200], "fatal": True}
         wire.write_message(host_out, result)

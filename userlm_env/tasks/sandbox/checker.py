@@ -1,10 +1,10 @@
-"""The judge process: runs the trusted tests against a proxy of the candidate's function.
+"""The checker process: runs the trusted tests against a proxy of the candidate's function.
 
-Standard library only (it runs inside the sandbox). One judge per worker serves program
+Standard library only (it runs inside the sandbox). One checker per worker serves program
 after program (forked once by the warden, unprivileged, memory-limited; replaced after a
 timeout). Each call of the proxy sends the arguments to the candidate process as plain data
 and rebuilds the result from plain data (:mod:`wire`), so nothing the candidate defines ever
-runs here. Verdicts go back, with the run's nonce, on a socket only the judge and the warden
+runs here. Verdicts go back, with the run's nonce, on a socket only the checker and the warden
 hold.
 """
 
@@ -28,7 +28,7 @@ __all__ = [
     "CandidateDied",
     "CandidateProxy",
     "CandidateReturnedNonPlainData",
-    "judge_main",
+    "checker_main",
     "literal_calls",
     "run_tests",
 ]
@@ -47,7 +47,7 @@ class CandidateReturnedNonPlainData(TypeError):
 
 
 class CandidateProxy:
-    """Stands in for the candidate's function inside the judge: each call is a message.
+    """Stands in for the candidate's function inside the checker: each call is a message.
 
     :meth:`prefetch` asks for many calls' results in one message; later calls with exactly
     the same arguments are answered from those results, in order, without a round trip.
@@ -162,7 +162,7 @@ def run_tests(job: dict[str, Any], request_fd: int, response_fd: int, limit: int
         hello = proxy.hello()
         if "load_error" in hello:
             return {"ok": False, "reason": "load_error", "error": hello["load_error"]}
-        namespace: dict[str, Any] = {"__name__": "__judge__"}
+        namespace: dict[str, Any] = {"__name__": "__checker__"}
         exec(compile(job["setup"], "<setup>", "exec"), namespace)
         namespace[job["entry_point"]] = proxy
         test = ast.parse(job["test"], "<test>")
@@ -187,16 +187,16 @@ def _failure(error: BaseException, proxy: CandidateProxy) -> dict[str, Any]:
     return {"ok": False, "reason": "test_failed", "error": wire.describe_error(error)}
 
 
-def judge_main(sock_fd: int, cfg: dict[str, Any]) -> None:
-    """The judge process: run the warden's test jobs until it hangs up; never returns.
+def checker_main(sock_fd: int, cfg: dict[str, Any]) -> None:
+    """The checker process: run the warden's test jobs until it hangs up; never returns.
 
     Each job arrives as two fds (calls to the candidate, its answers) and a message (setup,
     test, entry point, nonce); the verdict goes back, with the nonce, on the same socket.
     """
     try:
         isolate.place_fds([sock_fd])
-        isolate.apply_limits(cfg["judge_limits"])
-        isolate.drop_privileges(cfg["judge_uid"], cfg["keep_read"])
+        isolate.apply_limits(cfg["checker_limits"])
+        isolate.drop_privileges(cfg["checker_uid"], cfg["keep_read"])
         isolate.prctl(isolate.PR_SET_DUMPABLE, 0)
         isolate.prctl(isolate.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change
         sock = socket.socket(fileno=3)
