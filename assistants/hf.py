@@ -18,7 +18,8 @@ from assistants.litellm import DEFAULT_SYSTEM_PROMPT, with_system_prompt
 from userlm_env.chat_format import end_of_turn_token_ids
 from userlm_env.generation import Sampling, generate_rows
 from userlm_env.models import EMBEDDED_MODEL, load_model
-from userlm_env.types import ConversationState
+from userlm_env.protocols import Conversations, IntentIds, Seeds
+from userlm_env.types import AssistantReply, Message
 
 __all__ = ["HFAssistant", "HFAssistantConfig"]
 
@@ -62,10 +63,17 @@ class HFAssistant:
             pad_token_id=self.loaded.tokenizer.pad_token_id,
         )
 
-    def respond(self, states: Sequence[ConversationState]) -> list[str]:
-        """One reply per state."""
-        prompts = [self._prompt(s) for s in states]
-        return self._generate(prompts, [s.turn_seed() for s in states])
+    def respond(
+        self, conversations: Conversations, *, intent_ids: IntentIds = None, seeds: Seeds = None
+    ) -> list[AssistantReply]:
+        """One reply per conversation; a local model costs nothing (``cost=0.0``).
+
+        ``seeds`` drive the sampled rows (``0`` for a row without one); ``intent_ids`` are not
+        used.
+        """
+        prompts = [self._prompt(messages) for messages in conversations]
+        row_seeds = [seed or 0 for seed in (seeds or [None] * len(prompts))]
+        return [AssistantReply(text) for text in self._generate(prompts, row_seeds)]
 
     def _generate(self, prompts: list[str], seeds: list[int]) -> list[str]:
         """Reply to each rendered prompt; ``seeds`` (one per prompt) drive sampling rows."""
@@ -80,9 +88,9 @@ class HFAssistant:
         )
         return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
 
-    def _prompt(self, state: ConversationState) -> str:
+    def _prompt(self, conversation: Sequence[Message]) -> str:
         tokenizer = self.loaded.tokenizer
-        messages = with_system_prompt(state.messages, self.system_prompt)
+        messages = with_system_prompt(conversation, self.system_prompt)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(ids) > self.config.max_prompt_tokens:

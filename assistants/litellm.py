@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from userlm_env.llm import LLMClient, LLMConfig, LLMResult
+from userlm_env.protocols import Conversations, IntentIds, Seeds
 from userlm_env.types import AssistantReply, Message
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "LiteLLMAssistant", "with_system_prompt"]
@@ -77,11 +78,7 @@ class LiteLLMAssistant:
         )
 
     def respond(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        intent_ids: Sequence[str] | None = None,
-        seeds: Sequence[int | None] | None = None,
+        self, conversations: Conversations, *, intent_ids: IntentIds = None, seeds: Seeds = None
     ) -> list[AssistantReply]:
         """One reply per conversation (a failed request: its error, in its row).
 

@@ -19,6 +19,7 @@ from fractions import Fraction
 
 from userlm_env.errors import UnknownNameError
 from userlm_env.metrics.shards import LexicalShardMatcher
+from userlm_env.protocols import Conversations, IntentIds, Seeds
 from userlm_env.types import AssistantReply, Intent, Message
 
 __all__ = ["OracleAssistant", "ScriptedAssistant", "WrongAssistant"]
@@ -51,13 +52,9 @@ class ScriptedAssistant:
         self.intents.update((intent.intent_id, intent) for intent in intents)
 
     def respond(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        intent_ids: Sequence[str] | None = None,
-        seeds: Sequence[int | None] | None = None,
+        self, conversations: Conversations, *, intent_ids: IntentIds = None, seeds: Seeds = None
     ) -> list[AssistantReply]:
-        """One reply per conversation.
+        """One reply per conversation, from the answer key (``seeds`` are not used).
 
         Raises:
             ValueError: ``intent_ids`` is missing or of the wrong length.

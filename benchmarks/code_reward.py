@@ -119,18 +119,18 @@ def run_sandbox(
     """(cold seconds, warm seconds, failures) for (b): a fresh sandbox, then a warm pass."""
     replies = [f"```python\n{p['prompt']}{p['canonical_solution']}```" for p in problems]
     intents = [intent_of(p) for p in problems]
-    task = CodeScorer(SandboxConfig(workers=workers, timeout_s=timeout))
+    scorer = CodeScorer(SandboxConfig(workers=workers, timeout_s=timeout))
     try:
         start = time.perf_counter()
-        scores = task.score_many(replies, intents)
+        scores = scorer.score_many(replies, intents)
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        task.score_many(replies, intents)
+        scorer.score_many(replies, intents)
         warm = time.perf_counter() - start
     finally:
-        task.close()
+        scorer.close()
     pairs = zip(intents, scores, strict=True)
-    failures = [f"{intent.intent_id}: {score.detail}" for intent, score in pairs if not score.solved]
+    failures = [f"{i.intent_id}: {score.detail}" for i, score in pairs if not score.solved]
     return cold, warm, failures
 
 

@@ -124,12 +124,21 @@ def workload_settings(max_new_tokens: int) -> dict[str, Any]:
 
 
 def run_raw(setup: Setup) -> int:
-    """Raw batched generate, turn by turn; returns the user turns' length in tokens."""
+    """Raw batched generate, turn by turn; returns the user turns' length in tokens.
+
+    The baseline is Hugging Face's own sampler, which draws from torch's global generator: it
+    is seeded inside ``fork_rng``, so the process's generator is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return _run_raw(setup)
+
+
+def _run_raw(setup: Setup) -> int:
     tokenizer, model = setup.loaded.tokenizer, setup.loaded.model
     picks = [env_draw(setup.intents, SEED + i) for i in range(CONVERSATIONS)]
     chats: list[list[Message]] = [[] for _ in picks]
     options, tokens = raw_generate_options(setup), 0
-    torch.manual_seed(SEED)  # Hugging Face's sampler draws from the global generator
     for _ in range(USER_TURNS):
         prompts = [
             render_user_prompt(tokenizer, p.system_prompt, c)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from experiments.run_info import write_run_info
 from userlm_env.core import ConversationCore
 from userlm_env.metrics.suite import format_table, score_rows
 from userlm_env.records import JsonlWriter, latest_by_key, read_records
@@ -30,13 +33,17 @@ __all__ = [
     "EXIT_FAILURES",
     "EpisodePlan",
     "common_error",
+    "entry_point",
     "give_intents",
     "report_run",
+    "run_and_report",
     "run_missing_episodes",
 ]
 
 log = logging.getLogger(__name__)
 
+#: The Hydra config folder of the entry points.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 #: Exit status of ``simulate`` and ``score`` when some episodes failed (after retries).
 EXIT_FAILURES = 3
 
@@ -74,6 +81,26 @@ def give_intents(assistant: Any, intents: Iterable[Intent]) -> Any:
     if callable(learn):
         learn(intents)
     return assistant
+
+
+def run_and_report(cfg: DictConfig, out_dir: Path, table_name: str) -> list[dict[str, Any]]:
+    """Run the episodes still missing from ``out_dir``'s results, then report the run."""
+    results = out_dir / cfg.results_file
+    run_missing_episodes(cfg, results)
+    return report_run(results, out_dir / table_name)
+
+
+def entry_point(config_name: str, table_name: str) -> Callable[[], None]:
+    """The Hydra ``main`` of an episode-running script: record the run's config choices, run,
+    report (exit status 3 when episodes failed)."""
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        write_run_info(out_dir)
+        run_and_report(cfg, out_dir, table_name)
+
+    return main
 
 
 def report_run(results: Path, table_file: Path) -> list[dict[str, Any]]:

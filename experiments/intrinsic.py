@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from userlm_env.metrics.suite import format_table
-
 from userlm_env.metrics.intrinsic import (
     IntentAdherenceJudge,
     IntrinsicData,
@@ -30,6 +28,7 @@ from userlm_env.metrics.intrinsic import (
     load_online,
     run_intrinsic,
 )
+from userlm_env.metrics.suite import format_table
 
 __all__ = ["load_data", "main", "make_judge"]
 

@@ -24,8 +24,10 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
+from transformers import LogitsProcessorList
 
 import userlm_env  # noqa: F401  (registers the env ids)
+from userlm_env.generation import SeededSampler
 from userlm_env.models import EMBEDDED_MODEL, load_model
 from userlm_env.training.rl import policy_loss, reply_mask, returns_to_go
 
@@ -54,8 +56,11 @@ class RLConfig:
 ConfigStore.instance().store(name="rl_example", node=RLConfig)
 
 
-def act(policy: Any, tokenizer: Any, conversations: Any, cfg: RLConfig) -> dict[str, Any]:
-    """Sample one reply per conversation; keep what the loss needs."""
+def act(
+    policy: Any, tokenizer: Any, conversations: Any, seeds: list[int], cfg: RLConfig
+) -> dict[str, Any]:
+    """Sample one reply per conversation (row ``i`` from ``seeds[i]``, no global random
+    generator); keep what the loss needs."""
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "system", "content": cfg.system_prompt}, *messages],
@@ -68,8 +73,9 @@ def act(policy: Any, tokenizer: Any, conversations: Any, cfg: RLConfig) -> dict[
         prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
     ).to(policy.device)
     with torch.no_grad():
+        sampler = SeededSampler(seeds, cfg.temperature, top_p=1.0)
         sequences = policy.generate(
-            **inputs, do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
+            **inputs, do_sample=False, logits_processor=LogitsProcessorList([sampler]),
             max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
     width = inputs["input_ids"].shape[1]
@@ -86,12 +92,16 @@ def _attempted(info: dict[str, Any]) -> Any:
     return np.where(ended, final, info["attempted"])
 
 
-def collect(env: Any, observations: Any, policy: Any, tokenizer: Any, cfg: RLConfig) -> tuple:
+def collect(
+    env: Any, observations: Any, policy: Any, tokenizer: Any, cfg: RLConfig, update: int
+) -> tuple:
     """Play ``steps_per_update`` env steps from ``observations`` (each the conversation so
     far): the steps, env rewards, shaped rewards, ends and the last observations."""
     steps, rewards, shaped, dones = [], [], [], []
-    for _ in range(cfg.steps_per_update):
-        step = act(policy, tokenizer, [list(chat) for chat in observations], cfg)
+    for index in range(cfg.steps_per_update):
+        seeds = np.random.SeedSequence([cfg.seed, update, index]).generate_state(cfg.num_envs)
+        chats = [list(chat) for chat in observations]
+        step = act(policy, tokenizer, chats, [int(s) for s in seeds], cfg)
         observations, reward, terminated, truncated, info = env.step(step["texts"])
         steps.append(step)
         rewards.append(reward.tolist())
@@ -102,7 +112,6 @@ def collect(env: Any, observations: Any, policy: Any, tokenizer: Any, cfg: RLCon
 
 def train(cfg: RLConfig) -> list[dict[str, float]]:
     """Run the loop; return one record per update (mean env reward, loss, baseline)."""
-    torch.manual_seed(cfg.seed)
     loaded = load_model(EMBEDDED_MODEL, device=cfg.device)
     # A private copy (the loaded one is shared process-wide). It stays in eval mode: SmolLM2 has
     # no dropout, so sampling and the loss see exactly the same distribution.
@@ -116,7 +125,7 @@ def train(cfg: RLConfig) -> list[dict[str, float]]:
     baseline, history = 0.0, []
     for update in range(cfg.updates):
         steps, rewards, shaped, dones, observations = collect(
-            env, observations, policy, tokenizer, cfg
+            env, observations, policy, tokenizer, cfg, update
         )
         returns = torch.tensor(returns_to_go(shaped, dones), device=policy.device)
         loss = policy_loss(policy, steps, returns, baseline, cfg.temperature)

@@ -7,7 +7,8 @@
 
 Every finished conversation is appended to ``<run dir>/results.jsonl`` as it completes; re-running
 into the same folder runs only the missing and failed ones (:mod:`experiments.episodes`). The
-exit status is 3 when episodes failed, and the most common error is printed.
+table goes to ``summary.md`` too. The exit status is 3 when episodes failed, and the most common
+error is printed.
 """
 
 from __future__ import annotations
@@ -15,27 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.episodes import report_run, run_missing_episodes
-from experiments.run_info import write_run_info
+from experiments.episodes import entry_point, run_and_report
+
+TABLE = "summary.md"
+main = entry_point("config", TABLE)
 
 
 def simulate(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     """Run the configured episodes still missing from the results file; return the table rows."""
-    results = out_dir / cfg.results_file
-    run_missing_episodes(cfg, results)
-    return report_run(results, out_dir / "summary.md")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point; exits with status 3 when episodes failed."""
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    write_run_info(out_dir)
-    simulate(cfg, out_dir)
+    return run_and_report(cfg, out_dir, TABLE)
 
 
 if __name__ == "__main__":

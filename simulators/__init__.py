@@ -1,8 +1,9 @@
 """User simulators: the dynamics of a userlm-env environment.
 
-A simulator turns conversation states into the next user turns, for a whole batch at once, and
-keeps no per-conversation state of its own (everything lives in
-:class:`userlm_env.types.ConversationState`). Build one by name with :func:`make_simulator`:
+A simulator (:class:`userlm_env.protocols.Simulator`, re-exported here) turns conversation states
+into the next user turns, for a whole batch at once, and keeps no per-conversation state of its
+own (everything lives in :class:`userlm_env.types.ConversationState`). Build one by name with
+:func:`make_simulator`:
 
 * ``"sharded"``: rule-based, reveals one shard per turn (:mod:`simulators.sharded`).
 * ``"userlm"``: a User Language Model in-process (:mod:`simulators.userlm`).
@@ -15,25 +16,12 @@ keeps no per-conversation state of its own (everything lives in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from userlm_env.protocols import Simulator
 from userlm_env.registry import Registry
-from userlm_env.types import ConversationState, UserTurn
 
 __all__ = ["SIMULATORS", "Simulator", "make_simulator"]
-
-
-@runtime_checkable
-class Simulator(Protocol):
-    """Produces the next user turn of each conversation in a batch."""
-
-    def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
-        """Return one :class:`UserTurn` per state, in order.
-
-        ``states[i].messages`` ends with an assistant message, or is empty for the first turn.
-        """
-        ...
 
 
 SIMULATORS: Registry[Simulator] = Registry("simulator")

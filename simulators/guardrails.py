@@ -65,7 +65,7 @@ def is_verbatim_repeat(text: str, earlier: Iterable[str]) -> bool:
 def starts_with_word(text: str, words: Iterable[str]) -> bool:
     """Whether the first word of ``text`` (its leading letters) is one of ``words``, any case."""
     match = _LEADING_WORD.match(text.lstrip())
-    return bool(match) and match.group(0).lower() in {w.lower() for w in words}
+    return match is not None and match.group(0).lower() in {w.lower() for w in words}
 
 
 def earlier_texts(state: ConversationState) -> list[str]:

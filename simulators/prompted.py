@@ -34,6 +34,7 @@ from simulators.sampling import row_seed
 from userlm_env.core import SimulatorError
 from userlm_env.errors import UnknownNameError
 from userlm_env.llm import LLMClient, LLMConfig
+from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import END_MARKER, ConversationState, Message, UserTurn
 
 if TYPE_CHECKING:  # torch-free at import: the HF backend imports its pieces at first use
@@ -132,37 +133,43 @@ class PromptedSimulator:
         self.backend = _BACKENDS[self.config.backend](model, self.config)
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
-        """Return the next user turn of each state; see the module docstring."""
+        """Return the next user turn of each state; see the module docstring.
+
+        Runs the shared loop of :func:`userlm_env.resample.resample`.
+        """
+
+        def generate(rows: list[_Row], attempt: int) -> list[str]:
+            conversations = [self.conversation(row.state) for row in rows]
+            seeds = [row_seed(row.state, attempt) for row in rows]
+            return self.backend.generate(conversations, seeds)
+
         rows = [_Row(state) for state in states]
-        for attempt in range(self.config.max_tries):
-            pending = [row for row in rows if row.turn is None]
-            if not pending:
-                break
-            conversations = [self.conversation(row.state) for row in pending]
-            seeds = [row_seed(row.state, attempt) for row in pending]
-            for row, raw in zip(pending, self.backend.generate(conversations, seeds), strict=True):
-                row.tries, row.raw = row.tries + 1, raw
-                row.turn = self._turn(raw, row.tries)
-        return [self._finish(row) for row in rows]
+        outcomes = resample(rows, generate, self._vet, tries=self.config.max_tries)
+        return [self._finish(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)]
 
     def conversation(self, state: ConversationState) -> list[Message]:
         """The chat sent to the model for ``state``: one user message holding the prompt."""
         prompt = role_play_prompt(state, self.config.end_marker, allow_end=self.config.allow_end)
         return [{"role": "user", "content": prompt}]
 
-    def _turn(self, raw: str, tries: int) -> UserTurn | None:
+    def _vet(self, row: _Row, raw: str) -> Verdict[UserTurn]:
+        """A usable turn (text, or an allowed end) from one raw output."""
+        row.raw = raw
         text, ended = clean_output(raw, self.config.end_marker)
-        if (ended and not self.config.allow_end) or not text.strip():
-            return None
-        meta = {"tries": tries, "raw": raw}
-        return UserTurn(END_MARKER if ended else text, ended=ended, metadata=meta)
+        if ended and not self.config.allow_end:
+            return Verdict.reject("end_forbidden")
+        if not text.strip():
+            return Verdict.reject("empty")
+        return Verdict.accept(UserTurn(END_MARKER if ended else text, ended=ended))
 
-    def _finish(self, row: _Row) -> UserTurn:
-        if row.turn is not None:
-            return row.turn
+    def _finish(self, row: _Row, outcome: Outcome[UserTurn]) -> UserTurn:
+        if outcome.value is not None:
+            meta = {"tries": outcome.tries, "raw": row.raw}
+            return dataclasses.replace(outcome.value, metadata=meta)
         raise SimulatorError(
             f"prompted simulator {self.model!r} gave no usable user turn for "
-            f"{row.state.intent.intent_id!r} in {row.tries} tries (last output: {row.raw!r:.200})"
+            f"{row.state.intent.intent_id!r} in {outcome.tries} tries "
+            f"(last output: {row.raw!r:.200})"
         )
 
 
@@ -207,12 +214,10 @@ def _unquote(text: str) -> str:
 
 @dataclass
 class _Row:
-    """One state's progress across tries, local to a ``respond`` call."""
+    """One state to generate for, and its latest raw output (for the error message)."""
 
     state: ConversationState
-    tries: int = 0
     raw: str = ""
-    turn: UserTurn | None = None
 
 
 class _LiteLLMBackend:

@@ -29,6 +29,7 @@ import numpy as np
 
 from simulators.guardrails import TurnChecks, earlier_texts
 from userlm_env.errors import LLMCallError
+from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import END_MARKER, ConversationState, UserTurn
 
 __all__ = [
@@ -37,9 +38,9 @@ __all__ = [
     "Generation",
     "UserLMBaseConfig",
     "UserLMConfig",
-    "vet",
     "respond_with_retries",
     "row_seed",
+    "vet",
     "with_overrides",
 ]
 
@@ -162,35 +163,12 @@ class Generation:
 Generate = Callable[[list[ConversationState], int], Sequence[Generation]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Row:
-    """One state's progress across tries, local to a :func:`respond_with_retries` call."""
+    """One state to generate a user turn for, and what that turn may not repeat."""
 
     state: ConversationState
     earlier: list[str]
-    tries: int = 0
-    last: Candidate | None = None
-    result: UserTurn | None = None
-
-    def settle(self, candidate: Candidate) -> None:
-        """Count a try; keep an accepted turn, or the candidate to fall back on."""
-        self.tries += 1
-        if candidate.reason is None:
-            self.result = candidate.turn(self.tries)
-        elif not candidate.ended and candidate.text:
-            self.last = candidate
-
-    def finish(self, source: str) -> UserTurn:
-        """The accepted turn, else the last non-empty candidate flagged with its broken rule."""
-        if self.result is not None:
-            return self.result
-        if self.last is None:
-            raise LLMCallError(
-                f"{source} produced no usable text for {self.state.intent.intent_id!r} in "
-                f"{self.tries} tries (every candidate was empty or a forbidden end marker)",
-                attempts=self.tries,
-            )
-        return self.last.turn(self.tries, guardrail_failed=self.last.reason)
 
 
 def respond_with_retries(
@@ -202,21 +180,44 @@ def respond_with_retries(
 ) -> list[UserTurn]:
     """Next user turn of each state, regenerating rejected rows only (see module docstring).
 
+    Runs the shared loop of :func:`userlm_env.resample.resample`.
+
     Args:
         states: The conversations, each ending with an assistant message or empty.
         generate: The backend; it is called once per try with the rows still pending.
         config: Guardrails (through :func:`vet`) and ``tries``.
         source: Who generates, for the error message.
+
+    Raises:
+        LLMCallError: Every candidate of a row was empty or a forbidden end.
     """
+
+    def generate_rows(rows: list[_Row], attempt: int) -> Sequence[Generation]:
+        return generate([row.state for row in rows], attempt)
+
+    def vet_row(row: _Row, generation: Generation) -> Verdict[Candidate]:
+        candidate = vet(generation.text, row.earlier, config, truncated=generation.truncated)
+        if candidate.reason is None:
+            return Verdict.accept(candidate)
+        usable = candidate if not candidate.ended and candidate.text else None
+        return Verdict.reject(candidate.reason, fallback=usable)
+
     rows = [_Row(state, earlier_texts(state)) for state in states]
-    for attempt in range(config.tries):
-        pending = [row for row in rows if row.result is None]
-        if not pending:
-            break
-        generations = generate([row.state for row in pending], attempt)
-        for row, gen in zip(pending, generations, strict=True):
-            row.settle(vet(gen.text, row.earlier, config, truncated=gen.truncated))
-    return [row.finish(source) for row in rows]
+    outcomes = resample(rows, generate_rows, vet_row, tries=config.tries)
+    return [_turn(row, outcome, source) for row, outcome in zip(rows, outcomes, strict=True)]
+
+
+def _turn(row: _Row, outcome: Outcome[Candidate], source: str) -> UserTurn:
+    """The accepted turn, else the fallback flagged with the rule it broke, else an error."""
+    if outcome.value is not None:
+        return outcome.value.turn(outcome.tries)
+    if outcome.fallback is None:
+        raise LLMCallError(
+            f"{source} produced no usable text for {row.state.intent.intent_id!r} in "
+            f"{outcome.tries} tries (every candidate was empty or a forbidden end marker)",
+            attempts=outcome.tries,
+        )
+    return outcome.fallback.turn(outcome.tries, guardrail_failed=outcome.fallback_reason)
 
 
 def with_overrides(config: _Config, overrides: Mapping[str, Any]) -> _Config:

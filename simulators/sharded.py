@@ -35,7 +35,7 @@ class ShardedSimulator:
 
     def __init__(self, config: ShardedSimulatorConfig | None = None, **overrides: object) -> None:
         base = config or ShardedSimulatorConfig()
-        self.config = ShardedSimulatorConfig(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
+        self.config = ShardedSimulatorConfig(**{**base.__dict__, **overrides})
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """The next user turn of every state."""

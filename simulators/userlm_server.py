@@ -62,9 +62,9 @@ from simulators.sampling import (
     Candidate,
     Generation,
     UserLMBaseConfig,
-    vet,
     respond_with_retries,
     row_seed,
+    vet,
     with_overrides,
 )
 from userlm_env.chat_format import render_user_prompt, user_turn_suffix
@@ -180,7 +180,8 @@ class UserLMServerSimulator:
     @cached_property
     def _logit_bias(self) -> dict[str, float]:
         """Token id (as a string, the OpenAI convention) -> bias, clipped to [-100, 100]."""
-        cfg, bias = self.config, {}
+        cfg = self.config
+        bias: dict[str, float] = {}
         for text, value in (cfg.logit_bias or {}).items():
             for token in self.tokenizer.encode(text, add_special_tokens=False):
                 bias[str(token)] = bias.get(str(token), 0.0) + value

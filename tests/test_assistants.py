@@ -13,7 +13,7 @@ from userlm_env import ConversationEnv
 from userlm_env.errors import LLMCallError
 from userlm_env.labels import LABELS, HeuristicLabeler, LLMJudgeLabeler, heuristic_label
 from userlm_env.llm import LLMClient, LLMConfig
-from userlm_env.types import ConversationState, Intent, Score
+from userlm_env.types import Intent, Score
 
 NO = Score(attempted=False, solved=False, reward=0.0)
 YES = Score(attempted=True, solved=False, reward=0.0)
@@ -88,13 +88,17 @@ def test_llm_judge_labels_come_from_the_label_set(llama_server) -> None:
 
 
 @pytest.mark.slow
-def test_hf_assistant_replies_in_a_batch(apples_intent: Intent) -> None:
+def test_hf_assistant_replies_in_a_batch() -> None:
     from assistants.hf import HFAssistant
 
     assistant = HFAssistant(max_new_tokens=12)
-    states = [ConversationState(intent=apples_intent, seed=s) for s in range(2)]
-    states[0].messages.append({"role": "user", "content": "What is 2 + 2?"})
-    states[1].messages.append({"role": "user", "content": "Write a haiku about cats."})
-    replies = assistant.respond(states)
-    assert len(replies) == 2 and all(isinstance(r, str) and r.strip() for r in replies)
-    assert assistant.respond(states) == replies  # greedy by default: deterministic
+    chats = [
+        [{"role": "user", "content": "What is 2 + 2?"}],
+        [{"role": "user", "content": "Write a haiku about cats."}],
+    ]
+    replies = assistant.respond(chats)
+    assert len(replies) == 2 and all(r.text.strip() and r.cost == 0.0 for r in replies)
+    assert assistant.respond(chats) == replies  # greedy by default: deterministic
+    sampling = HFAssistant(max_new_tokens=12, temperature=1.0)
+    alone = sampling.respond(chats[:1], seeds=[5])[0]
+    assert sampling.respond(chats, seeds=[5, 9])[0] == alone  # a row's own seed decides it

@@ -12,8 +12,8 @@ from gymnasium.utils.env_checker import check_env
 import userlm_env
 from assistants.scripted import OracleAssistant, ScriptedAssistant, WrongAssistant
 from userlm_env import END_MARKER, ConversationEnv
-from userlm_env.observation import OBSERVATION_MODES
 from userlm_env.errors import EpisodeStateError, ReplyTooLongError, UnknownNameError
+from userlm_env.observation import OBSERVATION_MODES
 from userlm_env.types import ConversationState, Intent, UserTurn
 
 
@@ -28,9 +28,7 @@ def _reply(assistant: ScriptedAssistant, info: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("mode", OBSERVATION_MODES)
 @pytest.mark.parametrize("env_id", sorted(userlm_env.ENV_IDS))
-def test_check_env_passes_on_every_registered_id(
-    env_id: str, mode: str, gsm8k_path: Path
-) -> None:
+def test_check_env_passes_on_every_registered_id(env_id: str, mode: str, gsm8k_path: Path) -> None:
     kwargs: dict[str, object] = {"simulator": "sharded", "observation_mode": mode}
     if env_id == "userlm_env/GSM8k-v0":
         kwargs["data_path"] = str(gsm8k_path)
@@ -43,7 +41,7 @@ def test_conversation_mode_observes_every_message_and_never_the_intent(
     apples_intent: Intent,
 ) -> None:
     env = _env([apples_intent], observation_mode="conversation")
-    obs, info = env.reset(seed=0)
+    obs, _info = env.reset(seed=0)
     assert obs == ({"role": "user", "content": apples_intent.shards[0].text},)
     assert env.observation_space.contains(obs)
     obs, *_ = env.step("What else?")
@@ -66,7 +64,7 @@ def test_conversation_mode_works_in_async_vector_env() -> None:
 
     envs = gym.vector.AsyncVectorEnv([make, make], shared_memory=False)
     try:
-        observations, infos = envs.reset(seed=3)
+        observations, _infos = envs.reset(seed=3)
         assert len(observations) == 2 and all(o[0]["role"] == "user" for o in observations)
         observations, *_ = envs.step(["Tell me more.", "Tell me more."])
         assert all([m["role"] for m in o] == ["user", "assistant", "user"] for o in observations)

@@ -24,6 +24,11 @@ def _play(env: ConversationEnv, intent_id: str, assistant: ScriptedAssistant) ->
     return total, info
 
 
+def _play_all(env: ConversationEnv, assistant: ScriptedAssistant) -> list[tuple[str, float, dict]]:
+    """``(intent id, total reward, last info)`` of one episode on every intent of ``env``."""
+    return [(i.intent_id, *_play(env, i.intent_id, assistant)) for i in env.intents]
+
+
 @pytest.fixture(scope="module")
 def humaneval_env() -> ConversationEnv:
     env = ConversationEnv(
@@ -39,25 +44,21 @@ def humaneval_env() -> ConversationEnv:
 @pytest.mark.slow
 @pytest.mark.sandbox
 def test_oracle_solves_all_164_humaneval_intents(humaneval_env: ConversationEnv) -> None:
-    failures = []
-    for intent in humaneval_env.intents:
-        total, info = _play(humaneval_env, intent.intent_id, OracleAssistant())
-        if total != 1.0 or info["termination_reason"] != "solved":
-            failures.append((intent.intent_id, info.get("score_detail")))
-    assert len(humaneval_env.intents) == 164
-    assert failures == []
+    played = _play_all(humaneval_env, OracleAssistant())
+    failures = [
+        (intent_id, info.get("score_detail"))
+        for intent_id, total, info in played
+        if total != 1.0 or info["termination_reason"] != "solved"
+    ]
+    assert len(played) == 164 and failures == []
 
 
 @pytest.mark.slow
 @pytest.mark.sandbox
 def test_wrong_code_never_earns_reward(humaneval_env: ConversationEnv) -> None:
-    rewarded = []
-    for intent in humaneval_env.intents:
-        total, info = _play(humaneval_env, intent.intent_id, WrongAssistant())
-        if total != 0.0:
-            rewarded.append(intent.intent_id)
-        assert info["termination_reason"] in ("user_ended", "max_replies")
-    assert rewarded == []
+    played = _play_all(humaneval_env, WrongAssistant())
+    assert [intent_id for intent_id, total, _ in played if total != 0.0] == []
+    assert {info["termination_reason"] for *_, info in played} <= {"user_ended", "max_replies"}
 
 
 @pytest.mark.slow

@@ -14,17 +14,31 @@ from __future__ import annotations
 import gymnasium as gym
 
 from userlm_env.env import ConversationEnv
-from userlm_env.types import END_MARKER, ConversationState, Intent, Message, Score, Shard, UserTurn
+from userlm_env.protocols import Assistant, Scorer, Simulator
+from userlm_env.types import (
+    END_MARKER,
+    AssistantReply,
+    ConversationState,
+    Intent,
+    Message,
+    Score,
+    Shard,
+    UserTurn,
+)
 
 __all__ = [
     "END_MARKER",
     "ENV_IDS",
+    "Assistant",
+    "AssistantReply",
     "ConversationEnv",
     "ConversationState",
     "Intent",
     "Message",
     "Score",
+    "Scorer",
     "Shard",
+    "Simulator",
     "UserTurn",
 ]
 

@@ -292,4 +292,3 @@ def _transition(state: ConversationState, score: Score) -> Transition:
         truncated=reason == TerminationReason.MAX_REPLIES,
         score=score,
     )
-

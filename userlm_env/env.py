@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 
@@ -182,43 +182,31 @@ class ConversationEnv(gym.Env[Any, str]):
     * v0: initial release.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    # An instance attribute in Gymnasium (so not a ClassVar); instances may replace it.
+    metadata: dict[str, Any] = {"render_modes": ["ansi"]}  # noqa: RUF012
 
     def __init__(
         self,
         simulator: str | Simulator = "userlm",
         *,
-        simulator_kwargs: Mapping[str, Any] | None = None,
-        sources: Sequence[SourceSpec] = ("humaneval",),
-        data_path: str | Path | None = None,
-        intents: Sequence[Intent] | None = None,
-        max_replies: int = 8,
-        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
-        matcher: ShardMatcher | None = None,
-        metrics: EpisodeMetricsConfig | None = None,
-        observation_mode: str = "turn",
         render_mode: str | None = None,
+        **settings: Any,
     ) -> None:
+        """Build the env; ``settings`` are those of :func:`build_env_parts` (see Arguments).
+
+        Raises:
+            TypeError: An unknown setting.
+            ValueError: An unknown ``render_mode`` or observation mode, or no intents.
+        """
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
-        parts = build_env_parts(
-            simulator,
-            simulator_kwargs,
-            sources=sources,
-            data_path=data_path,
-            intents=intents,
-            max_replies=max_replies,
-            max_reply_chars=max_reply_chars,
-            matcher=matcher,
-            metrics=metrics,
-            observation_mode=observation_mode,
-        )
+        parts = build_env_parts(simulator, **settings)
         self.intents, self.simulator = parts.intents, parts.simulator
         self.core, self.tracker = parts.core, parts.tracker
         self.observation_mode = parts.observation_mode
         self._by_id = {intent.intent_id: intent for intent in self.intents}
         self.render_mode = render_mode
-        self.action_space = UnicodeText(max_reply_chars)
+        self.action_space = UnicodeText(self.core.max_reply_chars)
         self.observation_space = observation_space(self.observation_mode)
         self.state: ConversationState | None = None
 

@@ -19,7 +19,14 @@ from typing import Protocol, runtime_checkable
 
 from userlm_env.types import AssistantReply, ConversationState, Intent, Message, Score, UserTurn
 
-__all__ = ["Assistant", "Scorer", "Simulator"]
+__all__ = ["Assistant", "Conversations", "IntentIds", "Scorer", "Seeds", "Simulator"]
+
+#: A batch of conversations as an assistant sees them: message lists, nothing else.
+Conversations = Sequence[Sequence[Message]]
+#: The ``info["intent_id"]`` of each conversation of a batch (for scripted assistants).
+IntentIds = Sequence[str] | None
+#: A sampling seed per conversation of a batch.
+Seeds = Sequence[int | None] | None
 
 
 @runtime_checkable
@@ -39,11 +46,7 @@ class Assistant(Protocol):
     """Produces the next reply of each conversation in a batch."""
 
     def respond(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        intent_ids: Sequence[str] | None = None,
-        seeds: Sequence[int | None] | None = None,
+        self, conversations: Conversations, *, intent_ids: IntentIds = None, seeds: Seeds = None
     ) -> list[AssistantReply]:
         """One :class:`AssistantReply` per conversation, in order.
 

@@ -102,6 +102,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             continue
     return records
 
+
 def latest_by_key(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The last record of each episode key (a resumed run's retry replaces its failure)."""
     latest: dict[str, Mapping[str, Any]] = {}

@@ -97,7 +97,7 @@ def record_of(
         termination_reason=state.termination_reason,
         coverage=shard_coverage(job.intent, state.revealed_ids),
         revealed=[list(ids) for ids in state.revealed],
-        messages=[dict(m) for m in state.messages],
+        messages=[{"role": m["role"], "content": m["content"]} for m in state.messages],
         user_turn_metadata=[dict(t.metadata) for t in turns],
         reply_labels=list(state.reply_labels),
         cost=cost,
@@ -188,8 +188,8 @@ class _Runner:
         except Exception as error:
             return [AssistantReply.failed(error) for _ in states]
         if len(replies) != len(states):
-            error = ValueError(f"the assistant gave {len(replies)} replies for {len(states)}")
-            return [AssistantReply.failed(error) for _ in states]
+            mismatch = ValueError(f"the assistant gave {len(replies)} replies for {len(states)}")
+            return [AssistantReply.failed(mismatch) for _ in states]
         return list(replies)
 
     def _isolate(self, pairs: list[_Pair], call: Callable[[list[_Pair]], Any]) -> list[_Pair]:
@@ -227,5 +227,3 @@ class _Runner:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
-
-

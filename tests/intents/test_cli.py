@@ -33,7 +33,8 @@ def test_export_gsm8k_and_gsm_symbolic(tmp_path: Path) -> None:
     symbolic = tmp_path / "symbolic.json"
     args = ["export", "--source", "gsm_symbolic", "--n", "3", "--seed", "5"]
     assert main([*args, "--out", str(symbolic)]) == 0
-    assert [i.intent_id for i in load_lic_json(symbolic)] == [f"gsm_symbolic/5-{i}" for i in range(3)]
+    expected = [f"gsm_symbolic/5-{i}" for i in range(3)]
+    assert [i.intent_id for i in load_lic_json(symbolic)] == expected
 
 
 @pytest.mark.parametrize(

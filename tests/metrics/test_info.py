@@ -25,7 +25,8 @@ def run_episode(env: ConversationEnv, seed: int | None) -> list[dict]:
 def test_pace_diversity_and_episode_metrics(apples_intent: Intent) -> None:
     env = ConversationEnv("sharded", intents=[apples_intent], max_replies=6)
     first = run_episode(env, seed=0)
-    assert first[0]["pace"] == {"user_turn": 1, "words": 7, "cumulative_words": 7, "new_shards": [1]}
+    expected = {"user_turn": 1, "words": 7, "cumulative_words": 7, "new_shards": [1]}
+    assert first[0]["pace"] == expected
     assert first[1]["pace"]["new_shards"] == [2] and first[1]["pace"]["cumulative_words"] == 12
     assert all(i["diversity"] is None for i in first)  # no earlier episode yet
     assert all("episode_metrics" not in i for i in first[:-1])

@@ -67,7 +67,7 @@ def problems() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def code_task() -> Iterator[CodeScorer]:
+def code_scorer() -> Iterator[CodeScorer]:
     """One code task (and sandbox) shared by the tests; closed at the end."""
     task = CodeScorer(SandboxConfig(timeout_s=2.0, cpu_s=2, workers=2))
     yield task

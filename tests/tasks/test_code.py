@@ -110,77 +110,81 @@ def test_bad_reference_raises_data_error() -> None:
 
 
 @pytest.mark.sandbox
-def test_canonical_solution_passes(code_task: CodeScorer, problems: Problems) -> None:
+def test_canonical_solution_passes(code_scorer: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
-    score = code_task.score(canonical_reply(problem), humaneval_intent(problem))
+    score = code_scorer.score(canonical_reply(problem), humaneval_intent(problem))
     assert (score.attempted, score.solved, score.reward) == (True, True, 1.0)
     assert score.detail == "passed"
 
 
 @pytest.mark.sandbox
-def test_wrong_solution_fails(code_task: CodeScorer, problems: Problems) -> None:
+def test_wrong_solution_fails(code_scorer: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
     reply = "```python\ndef truncate_number(number: float) -> float:\n    return number\n```"
-    score = code_task.score(reply, humaneval_intent(problem))
+    score = code_scorer.score(reply, humaneval_intent(problem))
     assert (score.attempted, score.solved, score.reward) == (True, False, 0.0)
     assert score.detail == "tests failed: AssertionError"
 
 
 @pytest.mark.sandbox
-def test_body_only_reply_uses_prompt_helpers(code_task: CodeScorer, problems: Problems) -> None:
+def test_body_only_reply_uses_prompt_helpers(code_scorer: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/32"]  # find_zero needs the prompt's poly()
     reply = f"```python\ndef find_zero(xs: list):\n{problem['canonical_solution']}```"
-    assert code_task.score(reply, humaneval_intent(problem)).solved
+    assert code_scorer.score(reply, humaneval_intent(problem)).solved
 
 
 @pytest.mark.sandbox
-def test_not_attempted_reply(code_task: CodeScorer, problems: Problems) -> None:
+def test_not_attempted_reply(code_scorer: CodeScorer, problems: Problems) -> None:
     intent = humaneval_intent(problems["HumanEval/0"])
-    score = code_task.score("What should happen for an empty list?", intent)
+    score = code_scorer.score("What should happen for an empty list?", intent)
     assert (score.attempted, score.solved, score.reward) == (False, False, 0.0)
     assert "has_close_elements" in score.detail
 
 
 @pytest.mark.sandbox
-def test_syntax_error_is_a_failed_attempt(code_task: CodeScorer, problems: Problems) -> None:
+def test_syntax_error_is_a_failed_attempt(code_scorer: CodeScorer, problems: Problems) -> None:
     reply = "```python\ndef has_close_elements(numbers, threshold:\n    return True\n```"
-    score = code_task.score(reply, humaneval_intent(problems["HumanEval/0"]))
+    score = code_scorer.score(reply, humaneval_intent(problems["HumanEval/0"]))
     assert score.attempted and not score.solved
     assert score.detail.startswith("load failed: SyntaxError")
 
 
 @pytest.mark.sandbox
-def test_flooding_output_then_passing_still_passes(code_task: CodeScorer, problems: Problems) -> None:
+def test_flooding_output_then_passing_still_passes(
+    code_scorer: CodeScorer, problems: Problems
+) -> None:
     problem = problems["HumanEval/2"]
     reply = (
         "```python\nimport sys\nsys.stdout.write('x' * 10_000_000)\nprint(flush=True)\n"
         "def truncate_number(number: float) -> float:\n    print('y' * 100_000)\n"
         "    return number % 1.0\n```"
     )
-    assert code_task.score(reply, humaneval_intent(problem)).solved
-    result = code_task.sandbox.run(code_task.program_for(reply, humaneval_intent(problem)))
-    limit = code_task.sandbox.config.output_limit_bytes
+    assert code_scorer.score(reply, humaneval_intent(problem)).solved
+    result = code_scorer.sandbox.run(code_scorer.program_for(reply, humaneval_intent(problem)))
+    limit = code_scorer.sandbox.config.output_limit_bytes
     assert result.passed and limit <= len(result.stdout) < limit + 100
     assert result.stdout.endswith("more bytes dropped]")
 
 
 @pytest.mark.sandbox
-def test_numpy_imports_in_the_sandbox(code_task: CodeScorer, problems: Problems) -> None:
+def test_numpy_imports_in_the_sandbox(code_scorer: CodeScorer, problems: Problems) -> None:
     problem = problems["HumanEval/2"]
     reply = (
         "```python\nimport numpy as np\n\ndef truncate_number(number: float) -> float:\n"
         "    return float(number - np.floor(number))\n```"
     )
-    assert code_task.score(reply, humaneval_intent(problem)).solved
+    assert code_scorer.score(reply, humaneval_intent(problem)).solved
 
 
 @pytest.mark.sandbox
-def test_usable_from_several_threads(code_task: CodeScorer, problems: Problems) -> None:
+def test_usable_from_several_threads(code_scorer: CodeScorer, problems: Problems) -> None:
     picked = [problems[f"HumanEval/{i}"] for i in range(8)]
     results: list[bool] = []
 
     def work(problem: dict[str, Any]) -> None:
-        results.append(code_task.score(canonical_reply(problem), humaneval_intent(problem)).solved)
+        results.append(
+            code_scorer.score(canonical_reply(problem), humaneval_intent(problem)).solved
+        )
 
     threads = [threading.Thread(target=work, args=(p,)) for p in picked]
     for thread in threads:
@@ -191,9 +195,9 @@ def test_usable_from_several_threads(code_task: CodeScorer, problems: Problems) 
 
 
 @pytest.mark.sandbox
-def test_all_canonical_solutions_pass(code_task: CodeScorer, problems: Problems) -> None:
+def test_all_canonical_solutions_pass(code_scorer: CodeScorer, problems: Problems) -> None:
     intents = [humaneval_intent(p) for p in problems.values()]
-    scores = code_task.score_many([canonical_reply(p) for p in problems.values()], intents)
+    scores = code_scorer.score_many([canonical_reply(p) for p in problems.values()], intents)
     failed = [(i.intent_id, s.detail) for i, s in zip(intents, scores, strict=True) if not s.solved]
     assert failed == []
     assert len(scores) == 164
@@ -201,34 +205,34 @@ def test_all_canonical_solutions_pass(code_task: CodeScorer, problems: Problems)
 
 @pytest.mark.sandbox
 def test_score_many_mixes_attempts_and_non_attempts(
-    code_task: CodeScorer, problems: Problems
+    code_scorer: CodeScorer, problems: Problems
 ) -> None:
     problem = problems["HumanEval/2"]
     intent = humaneval_intent(problem)
     replies = ["no code here?", canonical_reply(problem), "```python\nx = 1\n```"]
-    scores = code_task.score_many(replies, [intent] * 3)
+    scores = code_scorer.score_many(replies, [intent] * 3)
     outcomes = [(s.attempted, s.solved) for s in scores]
     assert outcomes == [(False, False), (True, True), (False, False)]
 
 
 def test_construction_is_cheap_and_lazy() -> None:
-    task = CodeScorer()
-    assert task.sandbox._pool is None
-    assert isinstance(task, Scorer) and task.name == "humaneval"
-    task.close()
+    scorer = CodeScorer()
+    assert scorer.sandbox._pool is None
+    assert isinstance(scorer, Scorer) and scorer.name == "humaneval"
+    scorer.close()
 
 
-def test_registry_builds_the_code_task() -> None:
-    task = make_scorer("humaneval")
-    assert isinstance(task, CodeScorer)
-    task.close()
+def test_registry_builds_the_code_scorer() -> None:
+    scorer = make_scorer("humaneval")
+    assert isinstance(scorer, CodeScorer)
+    scorer.close()
 
 
-def test_bad_inputs_raise_typed_errors(code_task: CodeScorer) -> None:
+def test_bad_inputs_raise_typed_errors(code_scorer: CodeScorer) -> None:
     shards = (Shard(1, "?"),)
     intent = Intent(task="humaneval", intent_id="HumanEval/x", instruction="?", shards=shards)
     with pytest.raises(DataError):
-        code_task.score(FUNCTION, intent)
+        code_scorer.score(FUNCTION, intent)
     good = Intent(
         task="humaneval",
         intent_id="HumanEval/y",
@@ -237,6 +241,6 @@ def test_bad_inputs_raise_typed_errors(code_task: CodeScorer) -> None:
         reference={"prompt": "def add(a, b):\n", "test": "def check(c): 0", "entry_point": "add"},
     )
     with pytest.raises(TypeError, match="reply must be a str"):
-        code_task.score(None, good)  # type: ignore[arg-type]
+        code_scorer.score(None, good)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="1 replies for 2 intents"):
-        code_task.score_many([FUNCTION], [good, good])
+        code_scorer.score_many([FUNCTION], [good, good])

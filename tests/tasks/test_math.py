@@ -170,11 +170,11 @@ def test_clarifying_question_is_not_an_attempt() -> None:
 
 
 def test_score_many_matches_score() -> None:
-    task = MathScorer()
+    scorer = MathScorer()
     replies = ["18", "17", "How many?"]
     intents = [math_intent("18")] * 3
-    expected = [task.score(r, i) for r, i in zip(replies, intents, strict=True)]
-    assert task.score_many(replies, intents) == expected
+    expected = [scorer.score(r, i) for r, i in zip(replies, intents, strict=True)]
+    assert scorer.score_many(replies, intents) == expected
 
 
 def test_score_many_rejects_mismatched_lengths() -> None:

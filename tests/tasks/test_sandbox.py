@@ -248,12 +248,12 @@ def test_limits_do_not_depend_on_the_hosts_size(problems: Problems) -> None:
     import mmap
 
     reserved = mmap.mmap(-1, 8 << 30)  # 8 GiB of address space, never touched
-    task = CodeScorer(SandboxConfig(memory_mb=384, workers=1))
+    scorer = CodeScorer(SandboxConfig(memory_mb=384, workers=1))
     try:
         problem = problems["HumanEval/2"]
-        assert task.score(canonical_reply(problem), humaneval_intent(problem)).solved
+        assert scorer.score(canonical_reply(problem), humaneval_intent(problem)).solved
     finally:
-        task.close()
+        scorer.close()
         reserved.close()
 
 
@@ -265,17 +265,17 @@ def test_limits_do_not_depend_on_the_hosts_size(problems: Problems) -> None:
 def test_unshare_layer_runs_and_contains(problems: Problems) -> None:
     problem = problems["HumanEval/0"]
     intent = humaneval_intent(problem)
-    task = CodeScorer(SandboxConfig(isolation="unshare", workers=1, timeout_s=4.0))
+    scorer = CodeScorer(SandboxConfig(isolation="unshare", workers=1, timeout_s=4.0))
     try:
-        assert task.score(canonical_reply(problem), intent).solved
-        crash = task.score(reply_with("ctypes.string_at(0)"), intent)
+        assert scorer.score(canonical_reply(problem), intent).solved
+        crash = scorer.score(reply_with("ctypes.string_at(0)"), intent)
         assert crash.detail == "crashed: SIGSEGV"
-        program = task.program_for(reply_with("print(os.getuid(), os.getpid())"), intent)
-        uid, pid = map(int, task.sandbox.run(program).stdout.split()[:2])
+        program = scorer.program_for(reply_with("print(os.getuid(), os.getpid())"), intent)
+        uid, pid = map(int, scorer.sandbox.run(program).stdout.split()[:2])
         assert pid < 10  # a fresh PID namespace
         assert (uid != 0) == (os.geteuid() == 0)  # root hosts: programs get their own uid
     finally:
-        task.close()
+        scorer.close()
 
 
 @pytest.mark.sandbox

@@ -61,13 +61,13 @@ def intent0(problems: dict[str, dict[str, Any]]) -> Intent:
 
 @pytest.fixture()
 def hostile(
-    code_task: CodeScorer, intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
+    code_scorer: CodeScorer, intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
 ) -> Iterator[Any]:
     """Score a hostile reply; afterwards check the aftermath (processes, files, next program)."""
     outside = [Path("/tmp") / marker, REPO_ROOT / marker, Path.home() / marker]
 
-    def score(reply: str, task: CodeScorer = code_task) -> Score:
-        result = task.score(reply.replace("MARKER", marker), intent0)
+    def score(reply: str, scorer: CodeScorer = code_scorer) -> Score:
+        result = scorer.score(reply.replace("MARKER", marker), intent0)
         assert result.reward == 0.0 and not result.solved, result
         return result
 
@@ -76,9 +76,9 @@ def hostile(
     assert processes_with(marker) == [], "a hostile process outlived its run"
     for path in outside:
         assert not path.exists(), f"the program wrote {path}"
-    workers = code_task.sandbox.config.worker_count  # one follow-up per worker
+    workers = code_scorer.sandbox.config.worker_count  # one follow-up per worker
     canonical = canonical_reply(problems["HumanEval/0"])
-    follow_ups = code_task.score_many([canonical] * workers, [intent0] * workers)
+    follow_ups = code_scorer.score_many([canonical] * workers, [intent0] * workers)
     assert all(s.solved for s in follow_ups), f"the next program failed: {follow_ups}"
 
 
@@ -223,7 +223,8 @@ def test_memory_bomb_hits_the_memory_limit(hostile: Any) -> None:
 
 
 def test_growing_memory_hits_the_memory_limit(hostile: Any) -> None:
-    small = CodeScorer(SandboxConfig(memory_mb=256, workers=1))  # reached quickly, even on busy CPUs
+    # reached quickly, even on busy CPUs
+    small = CodeScorer(SandboxConfig(memory_mb=256, workers=1))
     try:
         body = "hog = []\nwhile True:\n    hog.append(bytearray(2**24))"
         score = hostile(reply_with(body), small)
@@ -302,7 +303,7 @@ def test_parent_secrets_are_unreadable(
     secret_file = Path.home() / f"{marker}.secret"
     secret_file.write_text(marker)
     os.environ["USERLM_SANDBOX_TEST_API_KEY"] = marker
-    task = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
+    scorer = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
     try:
         # Correct only if some secret leaked: reward 0 proves none did.
         body = f"""
@@ -318,12 +319,12 @@ def test_parent_secrets_are_unreadable(
                        for b in numbers[i + 1:])
         return None
         """
-        score = task.score(reply_with(body), intent0)
+        score = scorer.score(reply_with(body), intent0)
         assert score.reward == 0.0 and score.detail.startswith("tests failed"), score
-        result = task.sandbox.run(task.program_for(reply_with("print(os.environ)"), intent0))
+        result = scorer.sandbox.run(scorer.program_for(reply_with("print(os.environ)"), intent0))
         assert "USERLM_SANDBOX_TEST_API_KEY" not in result.stdout
     finally:
-        task.close()
+        scorer.close()
         os.environ.pop("USERLM_SANDBOX_TEST_API_KEY")
         secret_file.unlink()
 
@@ -387,7 +388,7 @@ def test_network_is_unreachable(hostile: Any) -> None:
 def test_files_do_not_survive_into_the_next_program(
     intent0: Intent, problems: dict[str, dict[str, Any]], marker: str
 ) -> None:
-    task = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
+    scorer = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
     writer = f"""
     for path in ("{marker}", "/tmp/{marker}", os.path.join(os.environ["HOME"], "{marker}")):
         with open(path, "w") as handle:
@@ -403,26 +404,26 @@ def test_files_do_not_survive_into_the_next_program(
     return None
     """
     try:
-        assert task.score(reply_with(writer), intent0).reward == 0.0
-        assert task.score(reply_with(reader), intent0).reward == 0.0
-        assert task.score(canonical_reply(problems["HumanEval/0"]), intent0).solved
+        assert scorer.score(reply_with(writer), intent0).reward == 0.0
+        assert scorer.score(reply_with(reader), intent0).reward == 0.0
+        assert scorer.score(canonical_reply(problems["HumanEval/0"]), intent0).solved
     finally:
-        task.close()
+        scorer.close()
 
 
 def test_worker_death_is_survived(intent0: Intent, problems: dict[str, dict[str, Any]]) -> None:
-    task = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
+    scorer = CodeScorer(SandboxConfig(timeout_s=4.0, workers=1))
     canonical = canonical_reply(problems["HumanEval/0"])
     try:
-        assert task.score(canonical, intent0).solved
-        pool = task.sandbox._pool
+        assert scorer.score(canonical, intent0).solved
+        pool = scorer.sandbox._pool
         assert pool is not None
         for worker in list(pool.live):
             os.killpg(worker._proc.pid, 9)
         # The kill lands asynchronously: at most one program may see the dying worker.
-        scores = [task.score(canonical, intent0) for _ in range(3)]
+        scores = [scorer.score(canonical, intent0) for _ in range(3)]
         failures = [s for s in scores if not s.solved]
         assert len(failures) <= 1 and scores[-1].solved, scores
         assert all(s.reward == 0.0 and s.detail == "sandbox worker died" for s in failures)
     finally:
-        task.close()
+        scorer.close()

@@ -170,7 +170,7 @@ class _DocReader:
 
     def _is_example_call(self, line: str) -> bool:
         match = _CALL.match(line)
-        return bool(match) and match["name"] == self.entry_point and not self.structured
+        return match is not None and match["name"] == self.entry_point and not self.structured
 
     def _prose_line(self, line: str) -> None:
         if _HEADER_ONLY.match(line) and word_count(line) <= 3 and not self.paragraph:
@@ -265,7 +265,8 @@ def _purpose_clause(sentence: str, name: str) -> str | None:
         if match:
             return "that " + match["rest"]
     lead = re.match(rf"^{re.escape(name)}\s+(?:is\s+a\s+function\s+(?:that|which)\s+)?", sentence)
-    rest = sentence[(lead or _TASK_REFERENCE.match(sentence) or re.match("", sentence)).end() :]
+    lead = lead or _TASK_REFERENCE.match(sentence)
+    rest = sentence[lead.end() if lead else 0 :]
     first, _, tail = rest.partition(" ")
     verb = first.lower()
     if verb in _VERBS:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 from userlm_env.errors import DataError
 from userlm_env.intents.sharding import code_instruction
@@ -97,6 +97,16 @@ def record_to_intent(record: Any, where: str) -> Intent:
         shards=_shards(record.get("shards"), where),
         reference={**_extra(record, where), **reference},
     )
+
+
+@overload
+def _text(
+    record: Mapping[str, Any], key: str, where: str, *, required: Literal[True] = True
+) -> str: ...
+
+
+@overload
+def _text(record: Mapping[str, Any], key: str, where: str, *, required: bool) -> str | None: ...
 
 
 def _text(record: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str | None:

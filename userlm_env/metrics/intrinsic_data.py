@@ -118,7 +118,11 @@ def load_online(kind: str, limit: int, seed: int = 0) -> list[Any]:
     """Records of ``kind`` from the Hugging Face hub through ``datasets`` (imported lazily):
     ``mcq`` from CommonsenseQA, ``questions`` from NaturalQuestions (open), ``conversations``
     from PRISM (intent: the opening prompt, as PRISM ships no high-level intent)."""
-    loaders = {"mcq": _commonsense_qa, "questions": _natural_questions, "conversations": _prism}
+    loaders: dict[str, Callable[[Any, int, int], list[Any]]] = {
+        "mcq": _commonsense_qa,
+        "questions": _natural_questions,
+        "conversations": _prism,
+    }
     if kind not in loaders:
         raise ValueError(f"kind must be one of {sorted(loaders)}, got {kind!r}")
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from userlm_env.errors import DataError
 from userlm_env.json_cache import JsonCache, cache_key
@@ -97,7 +97,8 @@ def _profiles(shards: tuple[Shard, ...], stopword_weight: float) -> tuple[_Profi
 
 def _evidence(text: str, stopword_weight: float) -> dict[str, float]:
     """Every lemma of ``text`` with its base weight (stopwords count a little)."""
-    stops, bag = stopwords(), {}
+    stops = stopwords()
+    bag: dict[str, float] = {}
     for token in tokens(text):
         base = stopword_weight if token in stops else 1.0
         key = lemma(token)
@@ -256,8 +257,15 @@ def _judged_turn(entry: Any, n_turns: int, known: set[int]) -> tuple[int, tuple[
     return turn, tuple(sorted(set(ids)))
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _judged_ids(value: Any | None) -> tuple[int, ...]:
+    """One turn's shard ids, read from the cache or just judged; ``None`` would be a bug."""
+    if value is None:
+        raise RuntimeError("a turn was left without judged shard ids")
+    return tuple(value)
 
 
 class LLMJudgeShardMatcher:
@@ -303,7 +311,7 @@ class LLMJudgeShardMatcher:
                 cached[index] = [list(ids) for ids in labels]
                 for key, ids in zip(keys[index], labels, strict=True):
                     self.cache.put(key, list(ids))
-        return [[tuple(v) for v in row] for row in cached]
+        return [[_judged_ids(v) for v in row] for row in cached]
 
     def _judge(
         self, conversations: Sequence[tuple[Sequence[str], Intent]]
@@ -319,7 +327,9 @@ class LLMJudgeShardMatcher:
     def _key(self, turn: str, intent: Intent) -> str:
         shards = [(s.id, s.text, s.required) for s in intent.shards]
         version = JUDGE_PROMPT_VERSION
-        return cache_key("shards", version, self.client.config.model, intent.intent_id, shards, turn)
+        return cache_key(
+            "shards", version, self.client.config.model, intent.intent_id, shards, turn
+        )
 
 
 # --------------------------------------------------------------------------- evaluation

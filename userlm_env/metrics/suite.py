@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from statistics import fmean
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any, Literal
 
 import numpy as np
@@ -266,8 +266,14 @@ def _score_row(task: str, group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_user_turns": _mean(r["user_turns"] for r in ok),
         "mean_coverage": _mean(r["coverage"] for r in ok),
         "attempts_per_episode": _mean(r["attempts"] for r in ok),
-        "cost_usd": None if any(c is None for c in costs) else float(sum(costs)),
+        "cost_usd": _total(costs),
     }
+
+
+def _total(costs: Sequence[float | None]) -> float | None:
+    """The sum of ``costs``; ``None`` when any of them is unknown."""
+    known = [c for c in costs if c is not None]
+    return float(sum(known)) if len(known) == len(costs) else None
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -142,7 +142,7 @@ def _reference_fields(reference: object) -> tuple[str, str, str]:
         raise DataError(f"a humaneval reference needs {', '.join(_REQUIRED_KEYS)}") from None
     if not all(isinstance(f, str) and f for f in fields):
         raise DataError("humaneval reference fields must be non-empty strings")
-    return fields  # type: ignore[return-value]
+    return fields
 
 
 def _to_score(result: RunResult) -> Score:

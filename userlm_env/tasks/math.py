@@ -220,7 +220,7 @@ def parse_number(text: str) -> Fraction:
 
 def _equal(answer: _Found, expected: Fraction, rel_tol: float) -> bool:
     """Exact equality; answers written as decimals may miss by ``rel_tol`` (relative)."""
-    tolerance = 0 if answer.exact else rel_tol * max(1, abs(expected))
+    tolerance = 0 if answer.exact else rel_tol * max(Fraction(1), abs(expected))
     candidates = [answer.value, answer.value / 100] if answer.percent else [answer.value]
     return any(abs(c - expected) <= tolerance for c in candidates)
 

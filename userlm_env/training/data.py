@@ -118,28 +118,32 @@ def conversation_from_record(record: Any, where: str = "record") -> Conversation
     """Validate one record and build its :class:`Conversation` (``DataError`` names ``where``)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    user_id = record.get("user_id", record.get("hashed_ip"))
     text_fields = {
         "conversation_id": record.get("conversation_id"),
-        "user_id (or hashed_ip)": user_id,
+        "user_id (or hashed_ip)": record.get("user_id", record.get("hashed_ip")),
         "country": record.get("country"),
         "language": record.get("language"),
     }
-    for name, value in text_fields.items():
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+    texts = {name: _nonempty_text(value, name, where) for name, value in text_fields.items()}
     intent = record.get("intent")
     if intent is not None and (not isinstance(intent, str) or not intent.strip()):
         raise DataError(f"{where}: field 'intent' must be a non-empty string or absent")
     return Conversation(
-        conversation_id=record["conversation_id"],
-        user_id=user_id,
-        country=record["country"],
-        language=record["language"],
+        conversation_id=texts["conversation_id"],
+        user_id=texts["user_id (or hashed_ip)"],
+        country=texts["country"],
+        language=texts["language"],
         messages=_checked_messages(record.get("messages"), where),
         intent=intent,
         metadata={k: v for k, v in record.items() if k not in _KNOWN_FIELDS},
     )
+
+
+def _nonempty_text(value: object, name: str, where: str) -> str:
+    """``value`` when it is a non-empty string; otherwise a ``DataError`` naming field ``name``."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+    return value
 
 
 def _checked_messages(messages: Any, where: str) -> tuple[Message, ...]:
@@ -340,7 +344,9 @@ def remove_near_duplicates(
     if threshold < 2:
         raise ValueError(f"threshold must be at least 2 conversations, got {threshold}")
     frequent = _frequent_hashes(conversations, n, threshold)
-    kept, removed, represented = [], [], set()
+    kept: list[Conversation] = []
+    removed: list[str] = []
+    represented: set[str] = set()
     templates: Counter[str] = Counter()
     for conversation in conversations:
         hits = {

@@ -187,8 +187,9 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Any:
         model_config = AutoConfig.for_model(
             fields.pop("model_type"), **_token_ids(tokenizer), **fields
         )
-        torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        with torch.random.fork_rng(devices=[]):  # seeds the init without touching the caller's RNG
+            torch.manual_seed(config.seed)
+            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     else:
         raise ValueError(f"init must be 'pretrained' or 'random', got {config.init!r}")
     add_end_token(tokenizer, model)

@@ -56,6 +56,7 @@ class CandidateProxy:
     def __init__(self, request_fd: int, response_fd: int, limit: int) -> None:
         self.calls = 0
         self.raised: BaseException | None = None
+        self.raised_name = ""
         self._fds = (request_fd, response_fd)
         self._limit = limit
         self._ready: dict[str, list[Any]] = {}
@@ -103,8 +104,9 @@ class CandidateProxy:
         if type(reply) is dict and "value" in reply:
             return wire.decode_value(reply["value"])
         if type(reply) is dict and "raised" in reply:
-            self.raised = _rebuild(reply["raised"])
-            raise self.raised
+            error, self.raised_name = _rebuild(reply["raised"])
+            self.raised = error
+            raise error
         detail = reply.get("bad_value", "malformed reply") if type(reply) is dict else "malformed"
         raise CandidateReturnedNonPlainData(str(detail)[:200])
 
@@ -140,8 +142,9 @@ def literal_calls(
     return [(args, kwargs) for _, args, kwargs in sorted(found, key=lambda f: f[0])][:limit]
 
 
-def _rebuild(info: Any) -> BaseException:
-    """An exception standing for one the candidate raised (a builtin class when possible)."""
+def _rebuild(info: Any) -> tuple[BaseException, str]:
+    """An exception standing for one the candidate raised (a builtin class when possible), and
+    the candidate's own name for its class."""
     info = info if type(info) is dict else {}
     kind = getattr(builtins, str(info.get("builtin", "")), None)
     if not (isinstance(kind, type) and issubclass(kind, Exception)):
@@ -151,8 +154,7 @@ def _rebuild(info: Any) -> BaseException:
         error = kind(message)
     except TypeError:  # a builtin class wanting other arguments (UnicodeDecodeError...)
         error = RuntimeError(message)
-    error.candidate_name = str(info.get("name", kind.__name__))[:80]  # type: ignore[attr-defined]
-    return error
+    return error, str(info.get("name", kind.__name__))[:80]
 
 
 def run_tests(job: dict[str, Any], request_fd: int, response_fd: int, limit: int) -> dict[str, Any]:
@@ -182,7 +184,7 @@ def _failure(error: BaseException, proxy: CandidateProxy) -> dict[str, Any]:
     if isinstance(error, CandidateReturnedNonPlainData):
         return {"ok": False, "reason": "bad_value", "message": str(error)}
     if error is proxy.raised:
-        error_info = {"name": error.candidate_name, "builtin": type(error).__name__}
+        error_info = {"name": proxy.raised_name, "builtin": type(error).__name__}
         return {"ok": False, "reason": "raised", "error": error_info}
     return {"ok": False, "reason": "test_failed", "error": wire.describe_error(error)}
 

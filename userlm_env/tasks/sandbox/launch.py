@@ -124,7 +124,7 @@ def _python_paths(python: str) -> list[str]:
 
 def _hidden_dirs(packages: tuple[str, ...]) -> list[str]:
     """Installed folders of ``packages`` (found without importing them)."""
-    found = []
+    found: list[str] = []
     for name in packages:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:

@@ -60,7 +60,8 @@ def _process_table() -> dict[int, int]:
 
 
 def _descendants(root: int) -> set[int]:
-    table, found, frontier = _process_table(), set(), {root}
+    table, frontier = _process_table(), {root}
+    found: set[int] = set()
     while frontier:
         frontier = {pid for pid, parent in table.items() if parent in frontier} - found
         found |= frontier
