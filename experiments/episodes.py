@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.run_info import write_run_info
 from userlm_env.core import ConversationCore
@@ -32,6 +32,7 @@ from userlm_env.types import Intent
 __all__ = [
     "EXIT_FAILURES",
     "EpisodePlan",
+    "assistant_label",
     "common_error",
     "entry_point",
     "give_intents",
@@ -97,10 +98,21 @@ def entry_point(config_name: str, table_name: str) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig) -> None:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        write_run_info(out_dir)
+        write_run_info(out_dir, **assistant_label(cfg))
         run_and_report(cfg, out_dir, table_name)
 
     return main
+
+
+def assistant_label(cfg: DictConfig) -> dict[str, str]:
+    """``{"assistant": "<config>:<model>"}`` when the assistant config names a model (so a
+    sweep over models tells them apart in reports), else nothing (the config name is kept)."""
+    assistant = cfg.get("assistant")
+    if assistant is None or "model" not in assistant or OmegaConf.is_missing(assistant, "model"):
+        return {}
+    model = assistant.model
+    choice = HydraConfig.get().runtime.choices.get("assistant", "assistant")
+    return {"assistant": f"{choice}:{model}"}
 
 
 def report_run(results: Path, table_file: Path) -> list[dict[str, Any]]:

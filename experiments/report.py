@@ -6,11 +6,19 @@
 Every folder below the given one that holds a ``results.jsonl`` is a run; its
 ``run_info.json`` says which simulator, intents and assistant made it. Each record carries its
 intent (instruction and shards) and the episode metrics computed when it finished, so nothing is
-reloaded or recomputed here. The table has one row per simulator x intents option (x assistant
-when several were swept): the score columns (:func:`userlm_env.metrics.suite.score_rows`), the
-paper's Table 3 metrics and the simulator faithfulness flags. Beside ``<out>.md``/``<out>.csv``
-the report writes PNG figures and ``<out>.html``, a static page with the simulations of each
-intent side by side.
+reloaded or recomputed here.
+
+The report leads with the comparison people come for, the Lost-in-Conversation protocol
+(:mod:`userlm_env.metrics.protocol`): one row per assistant x setting (the run's simulator
+config: ``full``, ``concat``, ``sharded``, an LLM user, a UserLM...) with ``performance``,
+``aptitude``, ``unreliability`` and, when the assistant also ran ``full``,
+``degradation_vs_full`` (and ``_pct``), each with its 95% bootstrap interval (``_ci95``).
+Then the simulator table: one row per simulator x intents option (x assistant when several were
+swept): the score columns (:func:`userlm_env.metrics.suite.score_rows`), the paper's Table 3
+metrics and the simulator faithfulness flags. Beside ``<out>.md`` (both tables),
+``<out>.csv`` (the simulator table) and ``<out>_protocol.csv`` (the protocol, bounds as numbers)
+the report writes PNG figures (the protocol's first) and ``<out>.html``, a static page with the
+simulations of each intent side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from typing import Any
 from experiments.run_info import read_run_info
 from userlm_env.errors import DataError
 from userlm_env.metrics.episode import EpisodeView
+from userlm_env.metrics.protocol import protocol_rows
 from userlm_env.metrics.suite import (
+    PROTOCOL,
     SUITE,
     SimulatedEpisode,
     compute_suite,
@@ -42,6 +52,8 @@ __all__ = [
     "group_simulations",
     "main",
     "merge_rows",
+    "protocol_table",
+    "setting_groups",
     "write_tables",
 ]
 
@@ -122,16 +134,79 @@ def merge_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_tables(rows: Sequence[dict[str, Any]], out_stem: Path) -> tuple[Path, Path]:
-    """Write ``<out_stem>.md`` and ``<out_stem>.csv``; return both paths."""
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    markdown, table = out_stem.with_suffix(".md"), out_stem.with_suffix(".csv")
-    markdown.write_text(format_table(rows) + "\n", encoding="utf-8")
-    with table.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["simulator"])
+def setting_groups(runs: Sequence[Run]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """``(assistant, setting) -> records``, the setting being the run's simulator config; the
+    runs of one setting (several intents options, say) are pooled."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for info, records in runs:
+        key = (str(info.get("assistant", "?")), str(info.get("simulator", "?")))
+        groups[key].extend(records)
+    return dict(groups)
+
+
+def _number(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if percent else f"{value:.3f}"
+
+
+def _interval(row: Mapping[str, Any], name: str, percent: bool) -> str:
+    if name not in row:
+        return "-"
+    low, high = row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]
+    return f"[{_number(low, percent)}, {_number(high, percent)}]"
+
+
+def protocol_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The protocol rows as printed: each metric's value and its ``<name>_ci95`` interval (the
+    relative drop without one); metrics no row has are left out, ``-`` where a row lacks one."""
+    names = [m.name for m in PROTOCOL if any(m.name in row for row in rows)]
+    table = []
+    for row in rows:
+        cells = {key: str(row[key]) for key in ("assistant", "setting", "intents", "runs")}
+        for name in names:
+            percent = name.endswith("_pct")
+            cells[name] = _number(row.get(name), percent)
+            if not percent:
+                cells[f"{name}_ci95"] = _interval(row, name, percent)
+        table.append(cells)
+    return table
+
+
+PROTOCOL_TITLE = "Same assistant, fully specified vs in conversation (95% bootstrap intervals)"
+SIMULATOR_TITLE = "Simulators (score, Table 3 metrics, faithfulness flags)"
+
+
+def _markdown(rows: Sequence[Mapping[str, Any]], protocol: Sequence[Mapping[str, Any]]) -> str:
+    """Both tables with their titles, the protocol first."""
+    return (
+        f"## {PROTOCOL_TITLE}\n\n{format_table(protocol_table(protocol))}\n\n"
+        f"## {SIMULATOR_TITLE}\n\n{format_table(rows)}\n"
+    )
+
+
+def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path, first: str) -> Path:
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or [first]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    return markdown, table
+    return path
+
+
+def write_tables(
+    rows: Sequence[dict[str, Any]],
+    out_stem: Path,
+    protocol: Sequence[Mapping[str, Any]] = (),
+) -> tuple[Path, Path, Path]:
+    """Write ``<out_stem>.md`` (both tables), ``<out_stem>.csv`` (the simulator table) and
+    ``<out_stem>_protocol.csv`` (the protocol rows, bounds as numbers); return the paths."""
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    markdown = out_stem.with_suffix(".md")
+    markdown.write_text(_markdown(rows, protocol), encoding="utf-8")
+    table = _write_csv(rows, out_stem.with_suffix(".csv"), "simulator")
+    protocol_csv = out_stem.parent / f"{out_stem.name}_protocol.csv"
+    return markdown, table, _write_csv(protocol, protocol_csv, "assistant")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,18 +221,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = collect_runs(args.root)
         rows = merge_rows(runs)
         sims = group_simulations(runs)
+        protocol = protocol_rows(setting_groups(runs))
     except (OSError, KeyError, DataError) as error:
         parser.error(f"unreadable results: {error}")
     out = args.out or args.root / "report"
-    written = list(write_tables(rows, out))
-    from experiments.report_figures import write_figures
+    written = [
+        *write_tables(rows, out, protocol),
+        *_write_visuals(rows, sims, protocol, out, args.root),
+    ]
+    print(_markdown(rows, protocol))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _write_visuals(
+    rows: Sequence[Mapping[str, Any]],
+    sims: Mapping[tuple[str, str], Sequence[Simulation]],
+    protocol: Sequence[Mapping[str, Any]],
+    out: Path,
+    root: Path,
+) -> list[Path]:
+    """Write the figures (the protocol's first) and the HTML page; return their paths."""
+    from experiments.report_figures import write_figures, write_protocol_figure
     from experiments.report_page import write_page
 
-    figures = write_figures(sims, out.parent / f"{out.name}_figures")
-    written.append(write_page(rows, sims, figures, out.with_suffix(".html"), args.root))
-    print(format_table(rows))
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    return 0
+    folder = out.parent / f"{out.name}_figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    lead = write_protocol_figure(protocol, folder / "protocol.png") if protocol else None
+    figures = write_figures(sims, folder)
+    page = write_page(
+        rows, sims, figures, out.with_suffix(".html"), root,
+        protocol=protocol_table(protocol), protocol_figure=lead,
+    )  # fmt: skip
+    return [*([lead] if lead else []), *figures, page]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The report's single static HTML page: the summary table, the figures (embedded as base64
-PNG) and, for each intent, its simulations side by side (user turns only) with their metrics.
-A turn the simulator kept although it broke a guardrail after every try carries a badge naming
+"""The report's single static HTML page: it leads with the Lost-in-Conversation comparison (the
+protocol table and its figure), then the summary table, the figures (embedded as base64 PNG)
+and, for each intent, its simulations side by side (user turns only) with their metrics. A
+turn the simulator kept although it broke a guardrail after every try carries a badge naming
 the rule (from the record's ``user_turn_metadata``).
 
 The page needs nothing outside itself: inline CSS, no external asset, no network. A tiny inline
@@ -153,10 +154,37 @@ def _by_intent(groups: Groups) -> dict[str, dict[str, list[Simulation]]]:
     return {k: dict(v) for k, v in table.items()}
 
 
+_PROTOCOL_NOTE = (
+    "One row per assistant x setting (the simulator config of its runs). performance: mean "
+    "run score (1 = solved); aptitude: mean over intents of the 90th percentile of an intent's "
+    "run scores; unreliability: mean over intents of the 90th minus the 10th percentile; "
+    "degradation_vs_full: the drop from the same assistant's full setting over shared intents. "
+    "Intervals: 95% bootstrap over intents."
+)
+
+
+def _protocol_section(protocol: Sequence[Mapping[str, Any]], figure: Path | None) -> str:
+    """The leading section: the protocol table and its figure (empty without protocol rows)."""
+    if not protocol:
+        return ""
+    return (
+        '<section class="protocol"><h2>Fully specified vs in conversation</h2>'
+        f'<p class="meta">{_e(_PROTOCOL_NOTE)}</p>{_table(protocol)}'
+        f"{_figure(figure) if figure else ''}</section>"
+    )
+
+
 def render_page(
-    rows: Sequence[Mapping[str, Any]], groups: Groups, figures: Sequence[Path], source: str
+    rows: Sequence[Mapping[str, Any]],
+    groups: Groups,
+    figures: Sequence[Path],
+    source: str,
+    *,
+    protocol: Sequence[Mapping[str, Any]] = (),
+    protocol_figure: Path | None = None,
 ) -> str:
-    """The whole HTML document."""
+    """The whole HTML document; ``protocol`` holds the printed protocol rows
+    (:func:`experiments.report.protocol_table`), shown first with ``protocol_figure``."""
     intents = "".join(_intent_section(i, sims) for i, sims in _by_intent(groups).items())
     episodes = sum(len(s) for s in groups.values())
     return (
@@ -164,7 +192,8 @@ def render_page(
         f"<title>userlm-env simulation report</title><style>{_CSS}</style></head>"
         '<body data-ok="no"><h1>Simulation report</h1>'
         f'<p class="meta">{_e(source)} · {episodes} episodes · {len(groups)} simulator x task '
-        f"groups</p><h2>Summary</h2>{_table(rows)}<h2>Figures</h2>"
+        f"groups</p>{_protocol_section(protocol, protocol_figure)}"
+        f"<h2>Summary</h2>{_table(rows)}<h2>Figures</h2>"
         f"{''.join(_figure(p) for p in figures)}<h2>Simulations by intent</h2>"
         '<p class="meta">User turns only; [ids] are the shards each turn revealed; a red badge'
         " on a turn names the guardrail it still broke after every resampling try.</p>"
@@ -178,8 +207,14 @@ def write_page(
     figures: Sequence[Path],
     path: Path,
     source: Path | str = "",
+    *,
+    protocol: Sequence[Mapping[str, Any]] = (),
+    protocol_figure: Path | None = None,
 ) -> Path:
     """Write the page to ``path`` and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(rows, groups, figures, str(source)), encoding="utf-8")
+    page = render_page(
+        rows, groups, figures, str(source), protocol=protocol, protocol_figure=protocol_figure
+    )
+    path.write_text(page, encoding="utf-8")
     return path

@@ -5,7 +5,12 @@ into the next user turns, for a whole batch at once, and keeps no per-conversati
 own (everything lives in :class:`userlm_env.types.ConversationState`). Build one by name with
 :func:`make_simulator`:
 
-* ``"sharded"``: rule-based, reveals one shard per turn (:mod:`simulators.sharded`).
+* ``"sharded"``: rule-based, reveals one shard per turn (:mod:`simulators.sharded`); its
+  ``strategy`` option restates shards (``"recap"``, ``"snowball"``).
+* ``"full"`` / ``"concat"``: rule-based, the whole intent in the first turn: the instruction, or
+  every shard at once (:mod:`simulators.sharded`).
+* ``"lic"``: an LLM user that reveals at most one shard per turn in its own words
+  (:mod:`simulators.lic`).
 * ``"userlm"``: a User Language Model in-process (:mod:`simulators.userlm`).
 * ``"userlm_server"``: a UserLM behind an OpenAI-compatible server
   (:mod:`simulators.userlm_server`).
@@ -26,9 +31,12 @@ __all__ = ["SIMULATORS", "Simulator", "make_simulator"]
 
 SIMULATORS: Registry[Simulator] = Registry("simulator")
 SIMULATORS.register("sharded", "simulators.sharded:ShardedSimulator")
+SIMULATORS.register("full", "simulators.sharded:full_simulator")
+SIMULATORS.register("concat", "simulators.sharded:concat_simulator")
 SIMULATORS.register("userlm", "simulators.userlm:UserLMSimulator")
 SIMULATORS.register("userlm_server", "simulators.userlm_server:UserLMServerSimulator")
 SIMULATORS.register("prompted", "simulators.prompted:PromptedSimulator")
+SIMULATORS.register("lic", "simulators.lic:LiCSimulator")
 SIMULATORS.register("human", "simulators.human:HumanSimulator")
 
 

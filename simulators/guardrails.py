@@ -3,8 +3,11 @@
 Three kinds of pieces live here:
 
 * Pure text checks, reusable by any backend (in-process or behind a server): word counting,
-  verbatim-repeat detection, banned first words, and :class:`TurnChecks`, which combines them
-  and names the first rule a candidate turn breaks.
+  verbatim-repeat detection, banned first words, and :class:`TurnChecks`, which combines them,
+  names the rules a candidate turn breaks and ranks rejected turns as fallbacks
+  (:meth:`TurnChecks.fallback_quality`, order below).
+* :func:`cut_to_sentence`: the longest start of a turn that ends a sentence within a word limit
+  (an over-long turn is cut back there rather than kept whole).
 * Token choices from a tokenizer: :func:`first_token_ids` (what to ban so a word cannot open a
   turn) and :func:`end_ban_token_ids` (what to ban so the end marker cannot start), used by the
   in-process and the server simulators alike. In process, the bans are transformers' own
@@ -29,10 +32,13 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "PASSING_TIER",
+    "RULE_TIERS",
     "TokenSequenceBias",
     "TurnChecks",
     "WordLimitStop",
     "count_words",
+    "cut_to_sentence",
     "earlier_texts",
     "end_ban_token_ids",
     "first_token_ids",
@@ -44,6 +50,9 @@ __all__ = [
 
 _WORD = re.compile(r"\w", re.UNICODE)
 _LEADING_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+#: A sentence end: ``.``, ``!``, ``?`` or ``…`` (closing quotes or brackets may follow), then
+#: whitespace or the end of the text; so ``3.5`` or ``x.append`` do not end a sentence.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
 
 
 def count_words(text: str) -> int:
@@ -74,6 +83,16 @@ def earlier_texts(state: ConversationState) -> list[str]:
     return [*users, state.intent.instruction, state.intent.system_prompt]
 
 
+#: Fallback tier of the worst rule a rejected turn breaks (higher ranks first). A length
+#: violation (the paper's main guardrail is the word count) outranks a banned opening word
+#: (a style rule), which outranks a verbatim repeat (it does not move the conversation on; a
+#: copied intent gives the whole task away). A turn that breaks none (a sentence cut) ranks
+#: above all of them, at :data:`PASSING_TIER`.
+RULE_TIERS = {"too_short": 2, "too_long": 2, "banned_first_word": 1, "repeat": 0}
+#: Fallback tier of a turn that breaks no rule (an over-long turn cut back at a sentence end).
+PASSING_TIER = 3
+
+
 @dataclass(frozen=True)
 class TurnChecks:
     """The text guardrails a candidate user turn must pass; each can be switched off."""
@@ -85,18 +104,53 @@ class TurnChecks:
 
     def reason(self, text: str, earlier: Sequence[str] = ()) -> str | None:
         """The first rule ``text`` breaks (``"empty"``, ``"too_short"``, ...), or ``None``."""
-        words = count_words(text)
+        broken = self.broken(text, earlier)
+        return broken[0] if broken else None
+
+    def broken(self, text: str, earlier: Sequence[str] = ()) -> tuple[str, ...]:
+        """Every rule ``text`` breaks, in the order :meth:`reason` checks them."""
         if not text.strip():
-            return "empty"
+            return ("empty",)
+        rules = [
+            ("too_short", self.word_gap(text) < 0),
+            ("too_long", self.word_gap(text) > 0),
+            ("banned_first_word", starts_with_word(text, self.banned_first_words)),
+            ("repeat", self.reject_repeats and is_verbatim_repeat(text, earlier)),
+        ]
+        return tuple(rule for rule, breaks in rules if breaks)
+
+    def word_gap(self, text: str) -> int:
+        """Words over ``max_words`` (positive), under ``min_words`` (negative), or 0."""
+        words = count_words(text)
         if self.min_words is not None and words < self.min_words:
-            return "too_short"
+            return words - self.min_words
         if self.max_words is not None and words > self.max_words:
-            return "too_long"
-        if self.banned_first_words and starts_with_word(text, self.banned_first_words):
-            return "banned_first_word"
-        if self.reject_repeats and is_verbatim_repeat(text, earlier):
-            return "repeat"
-        return None
+            return words - self.max_words
+        return 0
+
+    def fallback_quality(self, text: str, earlier: Sequence[str] = ()) -> float:
+        """How good ``text`` is as a kept fallback; higher is better (see :data:`RULE_TIERS`).
+
+        The tier of the worst rule broken, plus up to 0.5 for being close to the word bounds
+        (``0.5 / (1 + |gap|)``), so within a tier the turn nearest to 3..25 words wins.
+        """
+        broken = self.broken(text, earlier)
+        tier = min((RULE_TIERS.get(rule, -1) for rule in broken), default=PASSING_TIER)
+        return tier + 0.5 / (1 + abs(self.word_gap(text)))
+
+
+def cut_to_sentence(text: str, max_words: int) -> str | None:
+    """The longest start of ``text`` that ends a sentence and has at most ``max_words`` words.
+
+    Returns ``None`` when no sentence ends within the limit (or the cut would hold no word).
+    """
+    best = None
+    for match in _SENTENCE_END.finditer(text):
+        head = text[: match.end()].strip()
+        if count_words(head) > max_words:
+            break
+        best = head if count_words(head) else best
+    return best
 
 
 # --- token choices ----------------------------------------------------------------------------

@@ -17,29 +17,28 @@ Backends: ``"litellm"``, any LiteLLM model through :meth:`userlm_env.llm.LLMClie
 
 :func:`clean_output`: an end marker, or a loose spelling (``endconversation``), anywhere ends the
 conversation (``metadata["raw"]`` keeps the output); otherwise role labels (``User:``), wrapping
-quotes and any part written as the assistant are removed. Empty turns (and ends when
-``allow_end=False``) are resampled up to ``max_tries`` times, then
-:class:`~userlm_env.core.SimulatorError` is raised.
+quotes and any part written as the assistant are removed. A user never ends a conversation
+before speaking: the first-turn prompt has no end instruction, and an end there is forbidden
+like every end when ``allow_end=False``. Empty turns and forbidden ends are resampled up to
+``max_tries`` times, then :class:`~userlm_env.core.SimulatorError` is raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from simulators.chat_backends import ChatModelConfig, make_backend
 from simulators.sampling import row_seed
 from userlm_env.core import SimulatorError
-from userlm_env.errors import UnknownNameError
-from userlm_env.llm import LLMClient, LLMConfig
 from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import END_MARKER, ConversationState, Message, UserTurn
 
 if TYPE_CHECKING:  # torch-free at import: the HF backend imports its pieces at first use
-    from userlm_env.generation import Sampling
-    from userlm_env.models import LoadedModel
+    pass
 
 __all__ = ["PromptedConfig", "PromptedSimulator", "clean_output", "role_play_prompt"]
 
@@ -81,35 +80,11 @@ _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`"}
 
 
 @dataclass
-class PromptedConfig:
-    """Settings of :class:`PromptedSimulator`."""
+class PromptedConfig(ChatModelConfig):
+    """Settings of :class:`PromptedSimulator`: the chat model's, and the end of the chat."""
 
-    backend: str = "litellm"  # "litellm" (any LiteLLM model) or "hf" (a local model in-process)
-    temperature: float = 1.0  # sampling temperature; 0 decodes greedily
-    top_p: float | None = None  # nucleus sampling mass; None = the backend's default (1.0)
-    max_tokens: int = 200  # longest generated turn, in tokens
-    max_tries: int = 4  # generations per row before an empty output raises SimulatorError
-    allow_end: bool = True  # False: no end instruction in the prompt, and ends are resampled
+    allow_end: bool = True  # False: no end instruction, ends resampled (always on a 1st turn)
     end_marker: str = END_MARKER  # what the model is told to reply with to end the chat
-    api_base: str | None = None  # litellm: endpoint URL of a self-hosted server
-    api_key: str | None = None  # litellm: key for the endpoint (None: LiteLLM's env lookup)
-    timeout_s: float = 60.0  # litellm: per request, seconds
-    max_retries: int = 4  # litellm: retries of a failed request
-    concurrency: int = 8  # litellm: requests in flight at once
-    extra_body: dict[str, Any] = field(default_factory=dict)  # litellm: server-only fields
-    batch_size: int = 16  # hf: rows per generate call
-    dtype: str | None = None  # hf: model dtype name; None = float32 on CPU, bfloat16 on GPU
-    device: str | None = None  # hf: torch device; None = cuda when available, else cpu
-
-    def __post_init__(self) -> None:
-        if self.backend not in _BACKENDS:
-            raise UnknownNameError(
-                f"unknown prompted-simulator backend {self.backend!r}; known: {sorted(_BACKENDS)}"
-            )
-        if self.max_tries < 1 or self.max_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_tries, max_tokens and batch_size must be at least 1")
-        if self.temperature < 0 or not (self.top_p is None or 0 < self.top_p <= 1):
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 
 
 class PromptedSimulator:
@@ -130,7 +105,7 @@ class PromptedSimulator:
             raise TypeError(f"unknown PromptedConfig fields {unknown}; known: {sorted(known)}")
         self.config = dataclasses.replace(config or PromptedConfig(), **overrides)
         self.model = model
-        self.backend = _BACKENDS[self.config.backend](model, self.config)
+        self.backend = make_backend(model, self.config)
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """Return the next user turn of each state; see the module docstring.
@@ -156,7 +131,7 @@ class PromptedSimulator:
         """A usable turn (text, or an allowed end) from one raw output."""
         row.raw = raw
         text, ended = clean_output(raw, self.config.end_marker)
-        if ended and not self.config.allow_end:
+        if ended and not (self.config.allow_end and row.state.messages):
             return Verdict.reject("end_forbidden")
         if not text.strip():
             return Verdict.reject("empty")
@@ -176,7 +151,11 @@ class PromptedSimulator:
 def role_play_prompt(
     state: ConversationState, end_marker: str = END_MARKER, *, allow_end: bool = True
 ) -> str:
-    """The role-play instruction: the first-turn variant, or the later-turn one with history."""
+    """The role-play instruction: the first-turn variant, or the later-turn one with history.
+
+    Only the later-turn variant tells the model how to end the chat (when ``allow_end``): the
+    user never ends a conversation before speaking.
+    """
     persona = _PERSONA.format(goal=state.intent.instruction)
     if not state.messages:
         return persona + _FIRST_TURN
@@ -218,89 +197,3 @@ class _Row:
 
     state: ConversationState
     raw: str = ""
-
-
-class _LiteLLMBackend:
-    """Chat completions through the project's single LiteLLM wrapper."""
-
-    def __init__(self, model: str, config: PromptedConfig) -> None:
-        # Fields both configs have (api_base, temperature, timeout_s ...) mean the same thing.
-        names = {f.name for f in dataclasses.fields(LLMConfig)} & set(vars(config))
-        self.client = LLMClient(LLMConfig(model=model, **{n: getattr(config, n) for n in names}))
-        self.params: dict[str, Any] = {"top_p": config.top_p} if config.top_p is not None else {}
-        if config.extra_body:
-            self.params["extra_body"] = dict(config.extra_body)
-
-    def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
-        results = self.client.chat_many(conversations, seeds=seeds, **self.params)
-        return [result.text for result in results]
-
-
-class _HFBackend:
-    """Batched, per-row seeded ``generate`` of a local chat model (left padding).
-
-    The model is loaded at the first ``generate``, not when the backend is built; generation
-    goes through :func:`userlm_env.generation.generate_rows`.
-    """
-
-    def __init__(self, model: str, config: PromptedConfig) -> None:
-        self.model_name = model
-        self.config = config
-        self._loaded: LoadedModel | None = None
-
-    @property
-    def loaded(self) -> LoadedModel:
-        """The :class:`~userlm_env.models.LoadedModel`, loaded on first access.
-
-        Raises:
-            ModelUnavailableError: It cannot be found locally.
-        """
-        if self._loaded is None:
-            from userlm_env.models import load_model
-
-            cfg = self.config
-            self._loaded = load_model(self.model_name, dtype=cfg.dtype, device=cfg.device)
-        return self._loaded
-
-    def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
-        from userlm_env.generation import generate_rows
-
-        tokenizer = self.loaded.tokenizer
-        prompts = [
-            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
-        rows = generate_rows(
-            self.loaded,
-            prompts,
-            generation_config=self._generation_config(),
-            sampling=self._sampling(seeds),
-            batch_size=self.config.batch_size,
-        )
-        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in rows]
-
-    def _generation_config(self) -> Any:
-        from transformers import GenerationConfig
-
-        from userlm_env.chat_format import end_of_turn_token_ids
-
-        return GenerationConfig(
-            max_new_tokens=self.config.max_tokens,
-            do_sample=False,  # the seeded sampler draws the tokens
-            eos_token_id=end_of_turn_token_ids(self.loaded.tokenizer),  # EOS, <|im_end|> ...
-            pad_token_id=self.loaded.tokenizer.pad_token_id,
-        )
-
-    def _sampling(self, seeds: list[int]) -> Sampling | None:
-        """Per-row seeded sampling, or ``None`` (greedy) at temperature 0."""
-        from userlm_env.generation import Sampling
-
-        cfg = self.config
-        return Sampling(seeds, cfg.temperature, cfg.top_p or 1.0) if cfg.temperature else None
-
-
-#: Backend name -> class with ``generate(conversations, seeds) -> list[str]``.
-_BACKENDS: dict[str, Callable[[str, PromptedConfig], Any]] = {
-    "litellm": _LiteLLMBackend,
-    "hf": _HFBackend,
-}

@@ -7,13 +7,26 @@ Both User LM simulators (in-process :mod:`simulators.userlm`, server-backed
   :class:`UserLMConfig` adds the in-process fields (``batch_size``, ``dtype``, ``device``), and
   the server config adds its connection fields to the base.
 * :func:`vet` turns one raw generation into a :class:`Candidate`: an end of the conversation,
-  or a text turn with the first guardrail it breaks (or none).
+  or a text turn with the first guardrail it breaks (or none). The user may never end an empty
+  conversation (``first_turn=True``): such an end is ``"end_forbidden"`` whatever ``allow_end``
+  says, and the backends ban the end marker's tokens for those rows too.
 * :func:`row_seed` gives each conversation and try its own sampling seed.
 * :func:`respond_with_retries` is the retry loop: generate for every row, vet, and generate
-  again for the rejected rows only, up to ``config.tries`` generations per row. A row still
-  failing returns its last non-empty candidate with ``metadata["guardrail_failed"]``; a row
-  whose every candidate was empty (or a forbidden end) raises
-  :class:`~userlm_env.errors.LLMCallError`.
+  again for the rejected rows only, up to ``config.tries`` generations per row (paper D.1:
+  generate again *until* a turn passes; ``max_tries`` bounds that, and its default of 16 was
+  chosen from ``benchmarks/guardrail_violations.py``).
+
+A row that never passes keeps its *best* rejected candidate (``fallback="best"``), ranked by
+:meth:`simulators.guardrails.TurnChecks.fallback_quality`: first an over-long turn cut back at
+its last sentence end within ``max_words`` that then passes every check (kept unflagged, with
+``metadata["cut_to_sentence"]=True``), then length violations (closest to the bounds first),
+then a banned first word, then a verbatim repeat; the latest wins among equals. An over-long
+turn with a sentence end within the limit is always cut there, never kept whole (the cut is
+vetted like any turn); one without stays as generated. A kept turn that breaks a rule carries
+``metadata["guardrail_failed"]`` naming it. ``fallback="last"`` keeps the latest rejected
+candidate, uncut: the behaviour before best-candidate fallbacks, kept for comparisons. A row
+whose every candidate was empty (or a forbidden end) raises
+:class:`~userlm_env.errors.LLMCallError`.
 
 Importing this module imports neither torch nor transformers.
 """
@@ -23,28 +36,37 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from simulators.guardrails import TurnChecks, earlier_texts
+from simulators.guardrails import TurnChecks, cut_to_sentence, earlier_texts
 from userlm_env.errors import LLMCallError
 from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import END_MARKER, ConversationState, UserTurn
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = [
+    "FALLBACKS",
     "Candidate",
     "Generate",
     "Generation",
     "UserLMBaseConfig",
     "UserLMConfig",
+    "cut_back",
+    "in_turn_groups",
     "respond_with_retries",
     "row_seed",
     "vet",
     "with_overrides",
 ]
 
-_Config = TypeVar("_Config", bound="UserLMBaseConfig")
+_Config = TypeVar("_Config", bound="DataclassInstance")  # any dataclass config
+
+#: What a row that never passes keeps: its best-ranked rejected candidate, or its latest.
+FALLBACKS = ("best", "last")
 
 
 @dataclass
@@ -64,7 +86,8 @@ class UserLMBaseConfig:
     min_words: int | None = 3  # shortest accepted turn in words; None = no lower bound
     max_words: int | None = 25  # longest accepted turn in words; None = no upper bound
     reject_repeats: bool = True  # resample verbatim repeats of earlier user turns or the intent
-    max_tries: int = 8  # generations per row before returning a flagged candidate (1 if greedy)
+    max_tries: int = 16  # generations per row before keeping a fallback candidate (1 if greedy)
+    fallback: str = "best"  # kept when no try passes: "best" ranked, or "last" (old, uncut)
     logit_bias: dict[str, float] | None = None  # text -> additive bias on its tokens (test hook)
 
     def __post_init__(self) -> None:
@@ -77,6 +100,8 @@ class UserLMBaseConfig:
             raise ValueError(f"min_words ({lo}) exceeds max_words ({hi})")
         if not self.end_marker:
             raise ValueError("end_marker must be a non-empty string")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
 
     @property
     def checks(self) -> TurnChecks:
@@ -113,12 +138,15 @@ class Candidate:
     reason: str | None  # the guardrail it breaks, or None when accepted
     end_marker_cut: bool = False  # text followed by the end marker; the marker was dropped
     truncated: bool = False  # generation hit max_new_tokens before its end of turn
+    cut_to_sentence: bool = False  # an over-long text cut back at its last sentence end
 
     def turn(self, tries: int, **extra: Any) -> UserTurn:
         """The :class:`UserTurn` for this candidate after ``tries`` generations."""
         meta = {"tries": tries, "raw": self.raw, "truncated": self.truncated, **extra}
         if self.end_marker_cut:
             meta["end_marker_cut"] = True
+        if self.cut_to_sentence:
+            meta["cut_to_sentence"] = True
         return UserTurn(
             text=END_MARKER if self.ended else self.text, ended=self.ended, metadata=meta
         )
@@ -130,20 +158,37 @@ def vet(
     config: UserLMBaseConfig,
     *,
     truncated: bool = False,
+    first_turn: bool = False,
 ) -> Candidate:
     """Turn a raw generation into a :class:`Candidate`, applying the text guardrails.
 
-    A generation that starts with the end marker (after whitespace) ends the conversation; text
-    before a later marker is kept as an ordinary turn and the marker is dropped.
+    A generation that starts with the end marker (after whitespace) ends the conversation,
+    which is forbidden (``"end_forbidden"``) on a ``first_turn`` or when ``allow_end`` is off;
+    text before a later marker is kept as an ordinary turn and the marker is dropped.
     """
     text, marker = raw.strip(), config.end_marker
     head, found, _ = text.partition(marker)
     head = head.strip()
     if found and not head:
-        reason = None if config.allow_end else "end_forbidden"
+        reason = None if config.allow_end and not first_turn else "end_forbidden"
         return Candidate(raw, marker, True, reason, truncated=truncated)
     reason = config.checks.reason(head, earlier)
     return Candidate(raw, head, False, reason, end_marker_cut=bool(found), truncated=truncated)
+
+
+def cut_back(candidate: Candidate, earlier: Sequence[str], config: UserLMBaseConfig) -> Candidate:
+    """An over-long ``candidate`` cut at its last sentence end within ``max_words``, vetted again.
+
+    Any other candidate, or one with no sentence end within the limit, comes back unchanged.
+    """
+    limit = config.max_words
+    if candidate.reason != "too_long" or limit is None:
+        return candidate
+    head = cut_to_sentence(candidate.text, limit)
+    if head is None:
+        return candidate
+    reason = config.checks.reason(head, earlier)
+    return dataclasses.replace(candidate, text=head, reason=reason, cut_to_sentence=True)
 
 
 def row_seed(state: ConversationState, attempt: int) -> int:
@@ -169,6 +214,11 @@ class _Row:
 
     state: ConversationState
     earlier: list[str]
+
+    @property
+    def first_turn(self) -> bool:
+        """The conversation is empty: the user must speak, not end it."""
+        return not self.state.messages
 
 
 def respond_with_retries(
@@ -196,28 +246,67 @@ def respond_with_retries(
         return generate([row.state for row in rows], attempt)
 
     def vet_row(row: _Row, generation: Generation) -> Verdict[Candidate]:
-        candidate = vet(generation.text, row.earlier, config, truncated=generation.truncated)
+        candidate = vet(
+            generation.text,
+            row.earlier,
+            config,
+            truncated=generation.truncated,
+            first_turn=row.first_turn,
+        )
         if candidate.reason is None:
             return Verdict.accept(candidate)
-        usable = candidate if not candidate.ended and candidate.text else None
-        return Verdict.reject(candidate.reason, fallback=usable)
+        return _rejected(candidate, row.earlier, config)
 
     rows = [_Row(state, earlier_texts(state)) for state in states]
     outcomes = resample(rows, generate_rows, vet_row, tries=config.tries)
     return [_turn(row, outcome, source) for row, outcome in zip(rows, outcomes, strict=True)]
 
 
+def _rejected(
+    candidate: Candidate, earlier: Sequence[str], config: UserLMBaseConfig
+) -> Verdict[Candidate]:
+    """The rejection of ``candidate``, with its fallback ranked (see the module docstring)."""
+    if candidate.ended or not candidate.text:
+        return Verdict.reject(str(candidate.reason))
+    if config.fallback == "last":  # equal quality: the latest fallback is kept
+        return Verdict.reject(str(candidate.reason), fallback=candidate)
+    kept = cut_back(candidate, earlier, config)
+    quality = config.checks.fallback_quality(kept.text, earlier)
+    return Verdict.reject(str(candidate.reason), fallback=kept, quality=quality)
+
+
 def _turn(row: _Row, outcome: Outcome[Candidate], source: str) -> UserTurn:
-    """The accepted turn, else the fallback flagged with the rule it broke, else an error."""
+    """The accepted turn, else the fallback (flagged with the rule it breaks), else an error."""
     if outcome.value is not None:
         return outcome.value.turn(outcome.tries)
-    if outcome.fallback is None:
+    fallback = outcome.fallback
+    if fallback is None:
         raise LLMCallError(
             f"{source} produced no usable text for {row.state.intent.intent_id!r} in "
             f"{outcome.tries} tries (every candidate was empty or a forbidden end marker)",
             attempts=outcome.tries,
         )
-    return outcome.fallback.turn(outcome.tries, guardrail_failed=outcome.fallback_reason)
+    if fallback.reason is None:  # a sentence cut that passes every check
+        return fallback.turn(outcome.tries)
+    return fallback.turn(outcome.tries, guardrail_failed=fallback.reason)
+
+
+#: Generates one group of rows: ``(states, attempt, first_turn) -> one Generation per state``.
+GenerateGroup = Callable[[list[ConversationState], int, bool], Sequence[Generation]]
+
+
+def in_turn_groups(
+    states: Sequence[ConversationState], attempt: int, generate_group: GenerateGroup
+) -> list[Generation]:
+    """Generate first turns and later turns as two groups (a first turn may never end the
+    conversation, so its generation settings differ); results in the order of ``states``."""
+    generations: dict[int, Generation] = {}
+    for first_turn in (True, False):
+        indices = [i for i, s in enumerate(states) if (not s.messages) == first_turn]
+        if indices:
+            group = generate_group([states[i] for i in indices], attempt, first_turn)
+            generations.update(zip(indices, group, strict=True))
+    return [generations[i] for i in range(len(states))]
 
 
 def with_overrides(config: _Config, overrides: Mapping[str, Any]) -> _Config:

@@ -12,18 +12,23 @@ Guardrails (paper appendix D.1), each switchable in :class:`UserLMConfig`:
 
 1. The first generated token may not start "I", "You" or "Here" (transformers'
    ``GenerationConfig.begin_suppress_tokens``).
-2. ``allow_end=False`` forbids the end marker at every step (``GenerationConfig.suppress_tokens``):
-   its own token, or, when the tokenizer has none, the first token of its spelling alone and
-   after a space (:func:`simulators.guardrails.end_ban_token_ids`, as the server simulator bans).
+2. The end marker is forbidden at every step (``GenerationConfig.suppress_tokens``) of a first
+   turn, always (a user never ends a conversation before speaking), and of every turn when
+   ``allow_end=False``: its own token, or, when the tokenizer has none, the first token of its
+   spelling alone and after a space (:func:`simulators.guardrails.end_ban_token_ids`, as the
+   server simulator bans). First-turn rows and later rows therefore go to ``generate`` in
+   separate calls, each with its own generation config.
 3. Turns with fewer than ``min_words`` or more than ``max_words`` words are rejected; a row
    stops generating as soon as it passes ``max_words`` (:class:`WordLimitStop`).
 4. Verbatim repeats of an earlier user turn or of the intent are rejected.
 
 Rejected rows, and only those, are generated again in the next batched call, up to
 ``max_tries`` generations per row (the loop of :func:`simulators.sampling.respond_with_retries`,
-shared with the server simulator). A row still failing then returns its last non-empty
-candidate with ``metadata["guardrail_failed"]`` naming the broken rule; if every candidate was
-empty the call raises :class:`~userlm_env.errors.LLMCallError`.
+shared with the server simulator). A row that never passes keeps its best-ranked candidate
+(an over-long one cut back at a sentence end when it has one), with
+``metadata["guardrail_failed"]`` naming the rule it still breaks (see
+:mod:`simulators.sampling`); if every candidate was empty the call raises
+:class:`~userlm_env.errors.LLMCallError`.
 
 End marker: a generation that starts with ``<|endconversation|>`` (after stripping whitespace)
 becomes ``UserTurn(END_MARKER, ended=True)``. When the marker appears after some text, the text
@@ -59,6 +64,7 @@ from simulators.sampling import (
     Candidate,
     Generation,
     UserLMConfig,
+    in_turn_groups,
     respond_with_retries,
     row_seed,
     vet,
@@ -78,7 +84,8 @@ class _Plan:
 
     marker_id: int | None  # the end marker's token id, when the vocabulary has it as one token
     boundary: frozenset[int]  # ids where a decoded turn stops (end of turn, special tokens)
-    generation_config: Any  # transformers.GenerationConfig shared by every call (guardrails 1-2)
+    generation_config: Any  # transformers.GenerationConfig of later turns (guardrails 1-2)
+    first_turn_config: Any  # the same for first turns: the end marker is always banned
     processors: tuple[Any, ...]  # logits processors of every call (the logit_bias hook)
     stop_string: Any  # StopStringCriteria for a marker spelled in several tokens, or None
 
@@ -117,7 +124,7 @@ class UserLMSimulator:
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """Return the next user turn of each state (see the module docstring for guardrails)."""
-        return respond_with_retries(states, self._generate, self.config)
+        return respond_with_retries(states, self.generate, self.config)
 
     def prompt(self, state: ConversationState) -> str:
         """The text the model continues for ``state``."""
@@ -125,16 +132,31 @@ class UserLMSimulator:
 
     # --- generation ---------------------------------------------------------------------------
 
-    def _generate(self, states: list[ConversationState], attempt: int) -> list[Generation]:
-        cfg, plan = self.config, self._plan
+    def generate(self, states: list[ConversationState], attempt: int) -> list[Generation]:
+        """One raw generation per state for try ``attempt``, before the guardrails vet it.
+
+        This is the backend ``respond`` retries with; first turns and later turns go to
+        ``generate`` in separate calls (their end-marker bans differ), results in state order.
+        """
+        plan = self._plan
+
+        def group(rows: list[ConversationState], at: int, first_turn: bool) -> list[Generation]:
+            config = plan.first_turn_config if first_turn else plan.generation_config
+            return self._generate_with(rows, at, config)
+
+        return in_turn_groups(states, attempt, group)
+
+    def _generate_with(
+        self, states: list[ConversationState], attempt: int, generation_config: Any
+    ) -> list[Generation]:
         rows = generate_rows(
             self.loaded,
             [self.prompt(state) for state in states],
-            generation_config=plan.generation_config,
+            generation_config=generation_config,
             sampling=self._sampling(states, attempt),
-            logits_processors=plan.processors,
+            logits_processors=self._plan.processors,
             stopping_criteria=self._stopping,
-            batch_size=cfg.batch_size,
+            batch_size=self.config.batch_size,
         )
         return [self._decode(ids) for ids in rows]
 
@@ -181,25 +203,29 @@ class UserLMSimulator:
         return _Plan(
             marker_id=marker_id,
             boundary=frozenset((set(stop_ids) | set(tokenizer.all_special_ids)) - {marker_id}),
-            generation_config=self._generation_config(marker_id, stop_ids),
+            generation_config=self._generation_config(marker_id, stop_ids, cfg.allow_end),
+            first_turn_config=self._generation_config(marker_id, stop_ids, allow_end=False),
             processors=(TokenSequenceBias(bias),) if bias else (),
             stop_string=self._stop_string(marker_id),
         )
 
-    def _generation_config(self, marker_id: int | None, stop_ids: list[int]) -> Any:
-        """The config of every call; guardrails 1 and 2 are transformers' own token bans.
+    def _generation_config(
+        self, marker_id: int | None, stop_ids: list[int], allow_end: bool
+    ) -> Any:
+        """A call's config; guardrails 1 and 2 are transformers' own token bans.
 
         ``begin_suppress_tokens`` bans the first generated position only: transformers checks
         ``input_ids.shape[-1] == begin_index`` with ``begin_index`` the padded prompt width, the
-        same for every left-padded row. ``suppress_tokens`` bans at every step.
+        same for every left-padded row. ``suppress_tokens`` bans at every step; it holds the
+        end marker's tokens unless ``allow_end``.
         """
         from transformers import GenerationConfig
 
         cfg, tokenizer = self.config, self.loaded.tokenizer
-        ends = [marker_id] if marker_id is not None and cfg.allow_end else []
+        ends = [marker_id] if marker_id is not None and allow_end else []
         first_words = word_variants(cfg.ban_first_words) if cfg.ban_first_words else []
         first_ban = first_token_ids(tokenizer, first_words)
-        end_ban = [] if cfg.allow_end else end_ban_token_ids(tokenizer, cfg.end_marker)
+        end_ban = [] if allow_end else end_ban_token_ids(tokenizer, cfg.end_marker)
         return GenerationConfig(
             max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=1,

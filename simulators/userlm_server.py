@@ -20,21 +20,25 @@ Guardrails (paper appendix D.1) and how each is enforced server-side:
 
 1. First words "I" / "You" / "Here": a server's ``logit_bias`` applies at *every* position, so it
    cannot ban a word only as the opening one. Such turns are rejected and resampled instead.
-2. ``allow_end=False``: the tokens of :func:`simulators.guardrails.end_ban_token_ids` (the same
-   ones the in-process simulator suppresses: the marker's own token, else the first token of
-   the marker alone and after a space) get a ``logit_bias`` of -100
-   (``suppress_end_with_logit_bias``). As the bias holds at every position, the user cannot
-   type those tokens anywhere (for SmolLM2 ``<`` and `` <``; for UserLM-8b the marker is one
-   token of its own). The returned text is checked as well: an end is rejected and resampled.
+2. The end marker, on first turns always (a user never ends a conversation before speaking)
+   and on every turn when ``allow_end=False``: the tokens of
+   :func:`simulators.guardrails.end_ban_token_ids` (the same ones the in-process simulator
+   suppresses: the marker's own token, else the first token of the marker alone and after a
+   space) get a ``logit_bias`` of -100 (``suppress_end_with_logit_bias``), which overrides any
+   configured bias on them. As the bias holds at every position, the user cannot type those
+   tokens anywhere in such a turn (for SmolLM2 ``<`` and `` <``; for UserLM-8b the marker is
+   one token of its own). First-turn requests and later ones are therefore sent as two groups
+   with their own parameters (:meth:`UserLMServerSimulator.request_params`). The returned text
+   is checked as well: a forbidden end is rejected and resampled.
 3. and 4. Word-count bounds and verbatim repeats: checked on the returned text.
 
 Rejected rows, and only those, are requested again (concurrently, up to ``concurrency`` requests
 in flight), up to ``max_tries`` requests per row (one when greedy); ``metadata["tries"]``
-counts them. A row that
-never passes returns its last non-empty candidate flagged with ``metadata["guardrail_failed"]``;
-a row whose every candidate was empty or a forbidden end raises
-:class:`~userlm_env.errors.LLMCallError`. A completion that is, or begins with, the end marker
-becomes ``UserTurn(END_MARKER, ended=True)``.
+counts them. A row that never passes keeps its best-ranked candidate (an over-long one cut back
+at a sentence end when it has one), flagged with ``metadata["guardrail_failed"]`` when it still
+breaks a rule (see :mod:`simulators.sampling`); a row whose every candidate was empty or a
+forbidden end raises :class:`~userlm_env.errors.LLMCallError`. A completion that is, or begins
+with, the end marker becomes ``UserTurn(END_MARKER, ended=True)``.
 
 Seeding: every request carries a ``seed`` derived from ``state.turn_seed()`` and the try index.
 llama.cpp and vLLM honour it, but a server's floating-point results also depend on what else it
@@ -62,6 +66,7 @@ from simulators.sampling import (
     Candidate,
     Generation,
     UserLMBaseConfig,
+    in_turn_groups,
     respond_with_retries,
     row_seed,
     vet,
@@ -96,7 +101,7 @@ class UserLMServerConfig(UserLMBaseConfig):
     timeout_s: float = 60.0  # per request, seconds
     max_retries: int = 2  # retries of a failed request (timeouts, connection errors, 5xx)
     concurrency: int = 8  # requests in flight at once
-    suppress_end_with_logit_bias: bool = True  # allow_end=False also bans the marker server-side
+    suppress_end_with_logit_bias: bool = True  # ban a forbidden marker server-side too
     extra_body: dict[str, Any] = field(default_factory=_default_extra_body)  # server-only fields
 
 
@@ -144,20 +149,32 @@ class UserLMServerSimulator:
         """The exact text sent to the server for ``state``."""
         return render_user_prompt(self.tokenizer, state.intent.system_prompt, state.messages)
 
-    def request_params(self) -> dict[str, Any]:
-        """Sampling parameters sent with every request (besides prompt and seed)."""
+    def request_params(self, *, first_turn: bool = False) -> dict[str, Any]:
+        """Sampling parameters sent with a request (besides prompt and seed).
+
+        Args:
+            first_turn: For a conversation with no message yet (the end marker is banned).
+        """
         cfg = self.config
         params: dict[str, Any] = {"max_tokens": cfg.max_new_tokens, "stop": list(self._stop)}
         greedy = {"temperature": 0.0}
         params |= {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else greedy
-        params |= {"logit_bias": dict(self._logit_bias)} if self._logit_bias else {}
+        bias = self._logit_bias(ban_end=first_turn or not cfg.allow_end)
+        params |= {"logit_bias": bias} if bias else {}
         params |= {"extra_body": dict(cfg.extra_body)} if cfg.extra_body else {}
         return params
 
     def _complete(self, states: list[ConversationState], attempt: int) -> list[Generation]:
+        """One completion per state: first turns and later turns as two groups, in order."""
+        return in_turn_groups(states, attempt, self._complete_group)
+
+    def _complete_group(
+        self, states: list[ConversationState], attempt: int, first_turn: bool
+    ) -> list[Generation]:
         prompts = [self.prompt(state) for state in states]
         seeds = [row_seed(state, attempt) for state in states]
-        results = self.client.complete_many(prompts, seeds=seeds, **self.request_params())
+        params = self.request_params(first_turn=first_turn)
+        results = self.client.complete_many(prompts, seeds=seeds, **params)
         return [_generation(result) for result in results]
 
     def _llm_config(self, model: str) -> LLMConfig:
@@ -178,16 +195,25 @@ class UserLMServerSimulator:
         return sorted({text for text in texts if text})
 
     @cached_property
-    def _logit_bias(self) -> dict[str, float]:
-        """Token id (as a string, the OpenAI convention) -> bias, clipped to [-100, 100]."""
-        cfg = self.config
+    def _configured_bias(self) -> dict[str, float]:
+        """The ``logit_bias`` field as token id (a string, the OpenAI convention) -> bias."""
         bias: dict[str, float] = {}
-        for text, value in (cfg.logit_bias or {}).items():
+        for text, value in (self.config.logit_bias or {}).items():
             for token in self.tokenizer.encode(text, add_special_tokens=False):
                 bias[str(token)] = bias.get(str(token), 0.0) + value
-        if not cfg.allow_end and cfg.suppress_end_with_logit_bias:
-            for token in end_ban_token_ids(self.tokenizer, cfg.end_marker):
-                bias[str(token)] = -_BIAS_LIMIT
+        return bias
+
+    @cached_property
+    def _end_ban(self) -> dict[str, float]:
+        """The bias banning the end marker (empty when ``suppress_end_with_logit_bias`` is off)."""
+        cfg = self.config
+        if not cfg.suppress_end_with_logit_bias:
+            return {}
+        return {str(t): -_BIAS_LIMIT for t in end_ban_token_ids(self.tokenizer, cfg.end_marker)}
+
+    def _logit_bias(self, *, ban_end: bool) -> dict[str, float]:
+        """Token id -> bias of one request, clipped to [-100, 100]; the end ban overrides."""
+        bias = {**self._configured_bias, **(self._end_ban if ban_end else {})}
         return {k: max(-_BIAS_LIMIT, min(_BIAS_LIMIT, v)) for k, v in bias.items()}
 
 

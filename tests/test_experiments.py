@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from experiments.report import collect_runs, merge_rows
 from tests.conftest import REPO_ROOT
+from tests.sweeps import assert_two_by_two, run_two_by_two_sweep
 
 CONF = REPO_ROOT / "experiments" / "conf"
 GROUPS = ("intents", "simulator", "assistant")
@@ -61,26 +59,5 @@ def test_assistant_configs_instantiate(option: str) -> None:
 
 
 def test_two_by_two_offline_multirun_merges_into_four_rows(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.simulate",
-        "-m",
-        "hydra/launcher=joblib",
-        "simulator=sharded,sharded_required_last",
-        "intents=gsm_symbolic,humaneval",
-        "assistant=oracle",
-        "max_intents_per_task=2",
-        "n_per_intent=1",
-        f"hydra.sweep.dir={tmp_path}",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = merge_rows(collect_runs(tmp_path))
-    assert [(r["simulator"], r["intents"]) for r in rows] == [
-        ("sharded", "gsm_symbolic"),
-        ("sharded", "humaneval"),
-        ("sharded_required_last", "gsm_symbolic"),
-        ("sharded_required_last", "humaneval"),
-    ]
-    assert all(r["episodes"] == 2 and r["failed"] == 0 for r in rows)
+    rows = run_two_by_two_sweep(tmp_path, ["hydra/launcher=joblib"], max_intents_per_task=2)
+    assert_two_by_two(rows, episodes=2)

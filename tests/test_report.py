@@ -1,5 +1,5 @@
-"""Reports: Table 3 columns with hand-checked values, figures, and the HTML page rendered in
-headless Chromium."""
+"""Reports: the leading Lost-in-Conversation comparison, Table 3 columns with hand-checked values,
+figures, and the HTML page rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -10,11 +10,28 @@ from pathlib import Path
 import pytest
 
 from assistants.scripted import OracleAssistant
-from experiments.report import collect_runs, group_simulations, main, merge_rows
-from experiments.report_figures import coverage_curve, unigram_note, write_figures
+from experiments.report import (
+    PROTOCOL_TITLE,
+    SIMULATOR_TITLE,
+    collect_runs,
+    group_simulations,
+    main,
+    merge_rows,
+    protocol_table,
+    setting_groups,
+)
+from experiments.report_figures import (
+    coverage_curve,
+    protocol_label,
+    unigram_note,
+    write_figures,
+    write_protocol_figure,
+)
 from experiments.report_page import write_page
+from simulators import make_simulator
 from simulators.sharded import ShardedSimulator
 from userlm_env.core import ConversationCore
+from userlm_env.metrics.protocol import protocol_rows
 from userlm_env.records import JsonlWriter
 from userlm_env.rollout import make_jobs, run_episodes
 from userlm_env.types import Intent, Shard
@@ -52,11 +69,15 @@ def toy_intents() -> list[Intent]:
     return [apples, pens]
 
 
-def make_run(root: Path, name: str, required_first: bool) -> Path:
-    """A run folder like ``experiments.simulate`` writes (results and run info)."""
+def make_run(
+    root: Path, name: str, required_first: bool = True, *, simulator=None, max_replies: int = 8
+) -> Path:
+    """A run folder like ``experiments.simulate`` writes (results and run info); the simulator
+    is a sharded user unless given."""
     run = root / f"simulator={name}"
     run.mkdir(parents=True)
-    core = ConversationCore(ShardedSimulator(required_first=required_first), max_replies=8)
+    simulator = simulator or ShardedSimulator(required_first=required_first)
+    core = ConversationCore(simulator, max_replies=max_replies)
     intents = toy_intents()
     jobs = make_jobs(intents, n_per_intent=2)
     oracle = OracleAssistant(intents)
@@ -74,6 +95,73 @@ def sweep(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture()
+def protocol_sweep(tmp_path: Path) -> Path:
+    """The oracle on the full instruction, and sharded with 3 replies: enough for pens (3
+    required shards, asked for first), not for apples (4)."""
+    root = tmp_path / "protocol"
+    make_run(root, "full", simulator=make_simulator("full"))
+    make_run(root, "sharded", max_replies=3)
+    return root
+
+
+def test_protocol_rows_compare_each_setting_with_full(protocol_sweep: Path) -> None:
+    full, sharded = protocol_rows(setting_groups(collect_runs(protocol_sweep)))
+    assert (full["assistant"], full["setting"], full["intents"], full["runs"]) == (
+        "oracle", "full", 2, 4
+    )  # fmt: skip
+    assert full["performance"] == full["aptitude"] == 1.0 and full["unreliability"] == 0.0
+    assert full["degradation_vs_full"] == 0.0
+    # pens solved in both runs, apples in none: P .5, A (1 + 0) / 2, U 0, drop .5 of 1.0
+    assert (sharded["setting"], sharded["performance"], sharded["aptitude"]) == (
+        "sharded",
+        0.5,
+        0.5,
+    )
+    assert sharded["unreliability"] == 0.0 and sharded["degradation_vs_full"] == 0.5
+    assert sharded["degradation_vs_full_pct"] == 50.0
+    low, high = sharded["degradation_vs_full_ci95_low"], sharded["degradation_vs_full_ci95_high"]
+    assert low <= 0.5 <= high
+    printed = protocol_table([full, sharded])
+    assert list(printed[1])[4:] == [
+        "performance", "performance_ci95", "aptitude", "aptitude_ci95", "unreliability",
+        "unreliability_ci95", "degradation_vs_full", "degradation_vs_full_ci95",
+        "degradation_vs_full_pct",
+    ]  # fmt: skip
+    assert printed[1]["degradation_vs_full_pct"] == "50.0"
+    assert protocol_label(sharded, several_assistants=False) == "sharded\n-50% vs full"
+
+
+def test_protocol_figure_and_page_lead_with_the_comparison(
+    protocol_sweep: Path, tmp_path: Path
+) -> None:
+    runs = collect_runs(protocol_sweep)
+    rows = protocol_rows(setting_groups(runs))
+    figure = write_protocol_figure(rows, tmp_path / "figures" / "protocol.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = write_page(
+        merge_rows(runs), group_simulations(runs), [], tmp_path / "report.html",
+        protocol=protocol_table(rows), protocol_figure=figure,
+    ).read_text()  # fmt: skip
+    lead = page.index("Fully specified vs in conversation")
+    assert lead < page.index('alt="protocol"') < page.index("<h2>Summary</h2>")
+    assert page.index("degradation_vs_full") > lead
+
+
+def test_cli_leads_with_the_protocol_table(protocol_sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report" / "report"
+    assert main([str(protocol_sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index(PROTOCOL_TITLE) < printed.index(SIMULATOR_TITLE)
+    header = printed.splitlines()[2]
+    for column in ("performance", "aptitude", "unreliability", "degradation_vs_full"):
+        assert f" {column} " in header
+    assert (tmp_path / "report" / "report_figures" / "protocol.png").exists()
+    protocol_csv = (tmp_path / "report" / "report_protocol.csv").read_text().splitlines()
+    assert protocol_csv[0].startswith("assistant,setting,intents,runs,performance,")
+    assert out.with_suffix(".md").read_text().startswith(f"## {PROTOCOL_TITLE}")
+
+
 def test_rows_carry_table3_metrics_and_flags(sweep: Path) -> None:
     rows = merge_rows(collect_runs(sweep))
     first, last = rows
@@ -87,7 +175,7 @@ def test_rows_carry_table3_metrics_and_flags(sweep: Path) -> None:
     assert last["turn_range"] == "4.0-4.0"
     for row in rows:
         assert row["role_break"] == row["drift"] == row["premature_end"] == "0.0"
-        assert row["repeat_required"] == row["add_demands"] == "0.0"
+        assert row["repeat_required"] == row["add_demands"] == row["kept_violations"] == "0.0"
 
 
 def test_coverage_curve_by_hand(sweep: Path) -> None:
@@ -132,10 +220,12 @@ def test_html_page_renders_in_headless_chromium(sweep: Path, tmp_path: Path) -> 
 def test_cli_writes_tables_figures_and_page(sweep: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report" / "report"
     assert main([str(sweep), "--out", str(out)]) == 0
-    assert "unigram_difference" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "unigram_difference" in printed and "aptitude" in printed
+    assert "degradation_vs_full" not in printed  # no full setting: no degradation
     for suffix in (".md", ".csv", ".html"):
         assert out.with_suffix(suffix).exists()
-    assert len(list((tmp_path / "report" / "report_figures").glob("*.png"))) == 3
+    assert len(list((tmp_path / "report" / "report_figures").glob("*.png"))) == 4
     assert "%" not in out.with_suffix(".csv").read_text().splitlines()[0]
     results = sweep / "simulator=sharded" / "results.jsonl"
     records = [json.loads(line) for line in results.read_text().splitlines()]

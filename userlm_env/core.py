@@ -40,7 +40,8 @@ __all__ = [
 
 #: Replies longer than this many characters are rejected with :class:`ReplyTooLongError`.
 DEFAULT_MAX_REPLY_CHARS = 32_768
-#: Simulator calls for a first user turn before a user that keeps ending is an error.
+#: Simulator calls for a first user turn before a user that keeps ending is an error. A safety
+#: net for simulators from elsewhere: the built-in ones never end an empty conversation.
 FIRST_TURN_TRIES = 3
 
 
@@ -245,7 +246,11 @@ class ConversationCore:
 
     def _first_turns(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """First turns through the shared retry loop; a retry re-seeds the conversation so
-        that a seeded simulator can say something else."""
+        that a seeded simulator can say something else.
+
+        The built-in simulators never end an empty conversation (they ban and resample the end
+        marker there), so this loop only ever retries for simulators from elsewhere.
+        """
 
         def generate(pending: list[ConversationState], attempt: int) -> list[UserTurn]:
             if attempt:
@@ -257,10 +262,16 @@ class ConversationCore:
             return Verdict.reject("ended") if turn.ended else Verdict.accept(turn)
 
         outcomes = resample(list(states), generate, vet, tries=FIRST_TURN_TRIES)
-        turns = [outcome.value for outcome in outcomes]
-        if any(turn is None for turn in turns):
-            raise SimulatorError("the simulator ended a conversation before its first user turn")
-        return [turn for turn in turns if turn is not None]
+        ended = [
+            s.intent.intent_id for s, o in zip(states, outcomes, strict=True) if not o.accepted
+        ]
+        if ended:
+            raise SimulatorError(
+                f"the simulator ended {len(ended)} conversation(s) before their first user turn "
+                f"in each of {FIRST_TURN_TRIES} tries (intents {ended}); a user must speak "
+                "before ending"
+            )
+        return [outcome.value for outcome in outcomes if outcome.value is not None]
 
     def _call_simulator(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         turns = list(self.simulator.respond(states))

@@ -24,6 +24,11 @@ loaded; batched generation pads with it. Nothing else changes a loaded tokenizer
 
 Within a process, loaded models are kept in a small LRU (:data:`LOADED_MODELS`): loading the same
 name with the same dtype and device twice returns the same :class:`LoadedModel` object.
+
+Size: about 430 lines, over the 400-line guide. The three kinds of names, the LRU and the GGUF
+path share one set of private helpers (location checks, ``from_pretrained`` with typed
+``ModelUnavailableError`` messages that list the alternatives); the cache itself (naming,
+manifests, atomic writes, locks) is in :mod:`userlm_env.model_cache`.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def test_metrics_declare_direction_and_aggregation() -> None:
     assert declared["repeat_required"] == (None, "mean over episodes")
     assert declared["turn_range"] == (None, "mean over intents")
     assert declared["premature_end"] == (False, "mean over episodes")
-    assert len({m.name for m in SUITE}) == len(SUITE) == 11
+    assert len({m.name for m in SUITE}) == len(SUITE) == 12
+    assert declared["kept_violations"][0] is False
 
 
 def test_undefined_values_and_formatting() -> None:

@@ -91,6 +91,31 @@ def test_config_errors_are_typed() -> None:
     assert isinstance(built, PromptedSimulator) and built.config.temperature == 1.0
 
 
+class _ScriptedBackend:
+    """Answers each try from a script: ``outputs[attempt]`` for every row of the call."""
+
+    def __init__(self, outputs: list[str]) -> None:
+        self.outputs = outputs
+        self.calls = 0
+
+    def generate(self, conversations: list[Any], seeds: list[int]) -> list[str]:
+        self.calls += 1
+        return [self.outputs[self.calls - 1]] * len(conversations)
+
+
+def test_an_end_before_the_first_turn_is_resampled(apples_intent: Intent) -> None:
+    simulator = PromptedSimulator("openai/x", api_base="http://127.0.0.1:9/v1", max_tries=2)
+    simulator.backend = _ScriptedBackend([END_MARKER, "hey can u help w apples"])
+    fresh = ConversationState(intent=apples_intent, seed=0)
+    turn = simulator.respond([fresh])[0]
+    assert (turn.text, turn.ended, turn.metadata["tries"]) == ("hey can u help w apples", False, 2)
+    simulator.backend = _ScriptedBackend([END_MARKER])  # with a history, the end stands
+    assert simulator.respond([_talking(apples_intent, 1)])[0].ended
+    simulator.backend = _ScriptedBackend([END_MARKER, "endconversation"])
+    with pytest.raises(SimulatorError, match="no usable user turn"):
+        simulator.respond([fresh])
+
+
 # -- the real llama.cpp server -----------------------------------------------------------------
 
 

@@ -142,9 +142,22 @@ def test_allow_end_false_bans_the_marker_server_side(
     push = {"max_tries": 1, "extra_body": END_OR_TEXT, "logit_bias": {"<": 100.0}}
     pushed = _simulator(llama_server, tokenizer, **push)
     banned = _simulator(llama_server, tokenizer, **push, allow_end=False)
-    states = _states(apples_intent, range(2))
+    # issue 11: conversations with a history (an empty one may never end, see below)
+    states = [_in_conversation(apples_intent, seed) for seed in range(2)]
     assert all(t.ended for t in pushed.respond(states))
     assert [t.text for t in banned.respond(states)] == ["sure thing, go on then"] * 2
+
+
+@pytest.mark.server
+def test_an_empty_conversation_never_ends_even_when_pushed(
+    llama_server: LlamaServer, tokenizer: Any, apples_intent: Intent
+) -> None:
+    push = {"max_tries": 1, "extra_body": END_OR_TEXT, "logit_bias": {"<": 100.0}}
+    simulator = _simulator(llama_server, tokenizer, **push)  # allow_end stays True
+    states = [*_states(apples_intent, range(2)), _in_conversation(apples_intent, 2)]
+    turns = simulator.respond(states)
+    assert [t.text for t in turns[:2]] == ["sure thing, go on then"] * 2  # first turns speak
+    assert turns[2].ended  # the pushed bias still ends a conversation with a history
 
 
 @pytest.mark.server
@@ -196,6 +209,42 @@ def test_request_carries_prompt_stop_and_end_ban(tokenizer: Any, apples_intent: 
     assert params["logit_bias"] == {str(t): -100.0 for t in banned}
     assert [tokenizer.decode([t]) for t in banned] == ["<", " <"]  # alone and after a space
     assert "logit_bias" not in UserLMServerSimulator("openai/x", tokenizer).request_params()
+
+
+def test_first_turn_requests_ban_the_end_marker_over_any_bias(tokenizer: Any) -> None:
+    simulator = UserLMServerSimulator(
+        "openai/x", tokenizer, logit_bias={"<": 100.0, "hello": 5.0}, api_base=None
+    )
+    banned = {str(t): -100.0 for t in end_ban_token_ids(tokenizer, END_MARKER)}
+    first = simulator.request_params(first_turn=True)["logit_bias"]
+    later = simulator.request_params()["logit_bias"]
+    assert banned.items() <= first.items()  # the ban wins over the +100 on "<"
+    assert later[str(tokenizer.encode("<", add_special_tokens=False)[0])] == 100.0
+    hello = {str(t) for t in tokenizer.encode("hello", add_special_tokens=False)}
+    assert all(first[t] == later[t] == 5.0 for t in hello)
+    off = UserLMServerSimulator("openai/x", tokenizer, suppress_end_with_logit_bias=False)
+    assert "logit_bias" not in off.request_params(first_turn=True)
+
+
+def test_first_and_later_turns_are_sent_as_two_groups_in_order(
+    tokenizer: Any, apples_intent: Intent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = UserLMServerSimulator(
+        "openai/x", tokenizer, api_base=None, max_tries=1, **NO_CHECKS
+    )
+    sent: list[tuple[list[int], bool]] = []
+
+    def complete_many(prompts: list[str], *, seeds: list[int], **params: Any) -> list[LLMResult]:
+        sent.append((seeds, "logit_bias" in params))
+        return [_result(f"turn with seed {seed}") for seed in seeds]
+
+    monkeypatch.setattr(simulator.client, "complete_many", complete_many)
+    states = [_in_conversation(apples_intent, 0), *_states(apples_intent, range(1, 3))]
+    states.append(_in_conversation(apples_intent, 3))
+    turns = simulator.respond(states)
+    seeds = [row_seed(state, 0) for state in states]
+    assert [t.text for t in turns] == [f"turn with seed {seed}" for seed in seeds]
+    assert sent == [([seeds[1], seeds[2]], True), ([seeds[0], seeds[3]], False)]
 
 
 def test_config_rejects_in_process_only_and_unknown_fields(tokenizer: Any) -> None:

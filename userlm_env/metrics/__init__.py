@@ -7,7 +7,11 @@ the experiment reports and the tests.
 * :mod:`~userlm_env.metrics.episode`: per-conversation metrics (coverage, pace, repeat / skip /
   add) and faithfulness flags (role break, drift, premature end).
 * :mod:`~userlm_env.metrics.diversity`: exact pairwise Jaccard as matrix operations.
-* :mod:`~userlm_env.metrics.suite`: the paper's Table 3 over many conversations.
+* :mod:`~userlm_env.metrics.suite`: the paper's Table 3 over many conversations, and every
+  metric's declaration (direction, aggregation).
+* :mod:`~userlm_env.metrics.protocol`: the Lost-in-Conversation protocol (performance,
+  aptitude, unreliability, degradation from the fully specified setting) with bootstrap
+  intervals.
 * :mod:`~userlm_env.metrics.intrinsic`: the paper's Table 2 (first-turn diversity, intent
   decomposition, termination F1, role and intent adherence, naturalness hook); its data
   records and loaders are in :mod:`~userlm_env.metrics.intrinsic_data`.
@@ -30,6 +34,15 @@ from userlm_env.metrics.episode import (
     episode_metrics,
     pace,
 )
+from userlm_env.metrics.protocol import (
+    Estimate,
+    ProtocolConfig,
+    degradation,
+    intent_metrics,
+    protocol_rows,
+    run_scores,
+    setting_metrics,
+)
 from userlm_env.metrics.shards import (
     LabelledTurn,
     LexicalShardMatcher,
@@ -39,30 +52,48 @@ from userlm_env.metrics.shards import (
     match_turns,
     matcher_scores,
 )
-from userlm_env.metrics.suite import SUITE, SimulatedEpisode, SuiteMetric, compute_suite
+from userlm_env.metrics.suite import (
+    PROTOCOL,
+    SUITE,
+    MetricDeclaration,
+    SimulatedEpisode,
+    SuiteMetric,
+    bootstrap_ci,
+    compute_suite,
+)
 
 __all__ = [
+    "PROTOCOL",
     "SUITE",
     "DemandDetector",
     "EpisodeHistory",
     "EpisodeMetricsConfig",
     "EpisodeView",
+    "Estimate",
     "LLMDemandJudge",
     "LLMJudgeShardMatcher",
     "LabelledTurn",
     "LexicalDemandDetector",
     "LexicalShardMatcher",
     "MatchScores",
+    "MetricDeclaration",
+    "ProtocolConfig",
     "RoleBreakDetector",
     "ShardMatcher",
     "SimulatedEpisode",
     "SuiteMetric",
+    "bootstrap_ci",
     "compute_suite",
+    "degradation",
     "episode_metrics",
+    "intent_metrics",
     "match_turns",
     "matcher_scores",
     "mean_pairwise_jaccard",
     "pace",
     "pairwise_jaccard",
+    "protocol_rows",
+    "run_scores",
+    "setting_metrics",
     "unigram_difference",
 ]

@@ -1,18 +1,23 @@
 """The metric suite: the paper's Table 3 over many episodes, and the score table of a run.
 
-Each :class:`SuiteMetric` declares whether a higher value is better (``None`` when neither: the
-information-diversity rates describe a simulator's behaviour rather than rank it) and how it
-aggregates: ``"mean over episodes"`` (each conversation counts once) or ``"mean over intents"``
-(computed per intent from its simulations, then averaged over intents). :data:`SUITE` lists
-them in the paper's order followed by the faithfulness flags; :func:`compute_suite` evaluates
-any subset.
+Each metric declares (:class:`MetricDeclaration`) whether a higher value is better (``None``
+when neither: the information-diversity rates describe a simulator's behaviour rather than rank
+it) and how it aggregates: ``"mean over episodes"`` (each conversation counts once), ``"mean over
+intents"`` (computed per intent from its simulations, then averaged over intents), ``"share of
+user turns"`` (each user turn counts once) or ``"ratio of means over intents"``. :data:`SUITE`
+lists the :class:`SuiteMetric` s in the paper's order followed by the faithfulness flags (the
+last one, ``kept_violations``, is the share of user turns a simulator kept although they broke
+a guardrail after every try); :func:`compute_suite` evaluates any subset. :data:`PROTOCOL`
+declares the Lost-in-Conversation protocol's metrics, which
+:mod:`userlm_env.metrics.protocol` computes with bootstrap intervals.
 
 Per-intent metrics need at least two simulations of an intent; intents with fewer are left out
 of them (and a suite with no such intent reports ``None``).
 
 :func:`score_rows` is the table the ``simulate`` and ``score`` entry points print and the report
 extends: per task and overall, episodes, failures, the Assistant Score (the one definition,
-:func:`assistant_score`, shared with the suite) with a bootstrap 95% interval, mean user turns,
+:func:`assistant_score` over :func:`run_score`, shared with the suite and the protocol) with a
+bootstrap 95% interval (:func:`bootstrap_ci`, the one bootstrap), mean user turns,
 mean coverage, answer attempts and cost. Everything here reads records as they were written;
 nothing is recomputed from the conversations except the words behind Unigram Difference.
 """
@@ -33,8 +38,10 @@ from userlm_env.metrics.text import unigrams
 from userlm_env.records import latest_by_key
 
 __all__ = [
+    "PROTOCOL",
     "SUITE",
     "Aggregation",
+    "MetricDeclaration",
     "SimulatedEpisode",
     "SuiteMetric",
     "assistant_score",
@@ -43,10 +50,13 @@ __all__ = [
     "compute_suite",
     "format_table",
     "format_value",
+    "run_score",
     "score_rows",
 ]
 
-Aggregation = Literal["mean over episodes", "mean over intents"]
+Aggregation = Literal[
+    "mean over episodes", "mean over intents", "share of user turns", "ratio of means over intents"
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class SimulatedEpisode:
         solved: Some assistant reply solved the task (Assistant Score).
         words: Lemmatised unigrams of all the user turns (for Unigram Difference).
         metrics: The episode's :func:`~userlm_env.metrics.episode.episode_metrics`.
+        kept_violations: User turns the simulator kept although they broke a guardrail after
+            every try (``None`` when unknown: a view carries no simulator metadata).
     """
 
     intent_id: str
@@ -68,6 +80,7 @@ class SimulatedEpisode:
     solved: bool
     words: frozenset[str]
     metrics: Mapping[str, Any]
+    kept_violations: int | None = None
 
     @classmethod
     def from_view(
@@ -94,26 +107,43 @@ class SimulatedEpisode:
             solved=bool(record["solved"]),
             words=unigrams(users),
             metrics=dict(record.get("metrics") or {}),
+            kept_violations=kept_violations(record),
         )
 
 
+def kept_violations(record: Mapping[str, Any]) -> int:
+    """User turns of ``record`` whose simulator metadata names a ``guardrail_failed`` rule (the
+    metadata entry of the user's ending, which is no turn, does not count)."""
+    metadata = list(record.get("user_turn_metadata") or [])[: int(record["user_turns"])]
+    return sum(1 for meta in metadata if isinstance(meta, Mapping) and meta.get("guardrail_failed"))
+
+
 @dataclass(frozen=True)
-class SuiteMetric:
-    """One column of the suite.
+class MetricDeclaration:
+    """What a metric is: its name, its direction and how it aggregates.
 
     Attributes:
         name: Key in the results (``snake_case``).
         label: Column title, as in the paper.
         higher_is_better: ``True``/``False``, or ``None`` when neither direction is better.
-        aggregation: How per-episode or per-intent values become one number.
-        compute: Episodes -> value (``None`` when it cannot be computed).
-        percent: Shown as a percentage.
+        aggregation: How per-episode, per-turn or per-intent values become one number.
     """
 
     name: str
     label: str
     higher_is_better: bool | None
     aggregation: Aggregation
+
+
+@dataclass(frozen=True)
+class SuiteMetric(MetricDeclaration):
+    """One column of the suite: a declaration and how to compute it from episodes.
+
+    Attributes:
+        compute: Episodes -> value (``None`` when it cannot be computed).
+        percent: Shown as a percentage.
+    """
+
     compute: Callable[[Sequence[SimulatedEpisode]], Any]
     percent: bool = False
 
@@ -136,10 +166,15 @@ def _episode_mean(key: str) -> Callable[[Sequence[SimulatedEpisode]], float | No
     return compute
 
 
+def run_score(solved: bool) -> float:
+    """The score of one episode (a run): 1.0 when some reply solved the task, else 0.0."""
+    return 1.0 if solved else 0.0
+
+
 def assistant_score(solved: Iterable[bool]) -> float | None:
     """Share of episodes in which some reply solved the task (``None`` for none): the one
-    definition of the Assistant Score."""
-    values = [1.0 if s else 0.0 for s in solved]
+    definition of the Assistant Score, the mean :func:`run_score`."""
+    values = [run_score(s) for s in solved]
     return fmean(values) if values else None
 
 
@@ -176,8 +211,17 @@ def _unigram_difference(episodes: Sequence[SimulatedEpisode]) -> float | None:
     return fmean(kept) if kept else None
 
 
+def _kept_violations(episodes: Sequence[SimulatedEpisode]) -> float | None:
+    """Kept guardrail violations over user turns, pooled over the episodes that know them."""
+    known = [e for e in episodes if e.kept_violations is not None]
+    turns = sum(e.user_turns for e in known)
+    return sum(e.kept_violations or 0 for e in known) / turns if turns else None
+
+
 EPISODES: Aggregation = "mean over episodes"
 INTENTS: Aggregation = "mean over intents"
+TURNS: Aggregation = "share of user turns"
+RATIO: Aggregation = "ratio of means over intents"
 
 #: Table 3 in the paper's order, then the simulator faithfulness flags.
 SUITE: tuple[SuiteMetric, ...] = (
@@ -199,7 +243,19 @@ SUITE: tuple[SuiteMetric, ...] = (
     SuiteMetric("drift", "%Drift", False, EPISODES, _episode_mean("drift"), percent=True),
     SuiteMetric("premature_end", "%Premature End", False, EPISODES,
                 _episode_mean("premature_end"), percent=True),
+    SuiteMetric("kept_violations", "%Kept Violations", False, TURNS, _kept_violations,
+                percent=True),
 )  # fmt: skip
+
+#: The Lost-in-Conversation protocol over N runs per intent, computed with bootstrap intervals
+#: by :mod:`userlm_env.metrics.protocol`; the degradations compare a setting with ``full``.
+PROTOCOL: tuple[MetricDeclaration, ...] = (
+    MetricDeclaration("performance", "Performance", True, INTENTS),
+    MetricDeclaration("aptitude", "Aptitude (p90)", True, INTENTS),
+    MetricDeclaration("unreliability", "Unreliability (p90-p10)", False, INTENTS),
+    MetricDeclaration("degradation_vs_full", "Degradation vs FULL", False, INTENTS),
+    MetricDeclaration("degradation_vs_full_pct", "Degradation vs FULL (%)", False, RATIO),
+)
 
 
 def compute_suite(
@@ -223,17 +279,42 @@ def format_value(metric: SuiteMetric, value: Any) -> str:
 # --------------------------------------------------------------------------- score table
 
 
+Statistic = Callable[[np.ndarray], np.ndarray]
+
+
+def _mean_of_rows(samples: np.ndarray) -> np.ndarray:
+    return samples.mean(axis=1)
+
+
 def bootstrap_ci(
-    values: Sequence[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+    values: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    statistic: Statistic = _mean_of_rows,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (``nan`` bounds when empty)."""
-    if not values:
+    """Percentile bootstrap interval of a statistic of ``values`` (``nan`` bounds when empty).
+
+    Args:
+        values: One value per unit (an episode, an intent), or one tuple per unit when a unit
+            carries paired values; units are resampled with replacement, tuples whole.
+        level: Coverage of the interval.
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling generator.
+        statistic: Resampled data, shape ``(resamples, units, ...)`` -> one value per resample;
+            the mean over units by default. Resamples where it is not finite are left out.
+    """
+    if not len(values):
         return float("nan"), float("nan")
     data = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    stats = statistic(data[rng.integers(0, len(data), size=(resamples, len(data)))])
+    stats = stats[np.isfinite(stats)]
+    if not stats.size:
+        return float("nan"), float("nan")
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
+    low, high = np.percentile(stats, [tail, 100.0 - tail])
     return float(low), float(high)
 
 
@@ -252,7 +333,7 @@ def score_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _score_row(task: str, group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ok = [r for r in group if not r.get("error")]
-    solved = [1.0 if r["solved"] else 0.0 for r in ok]
+    solved = [run_score(r["solved"]) for r in ok]
     low, high = bootstrap_ci(solved)
     costs = [r.get("cost") for r in ok]
     score = assistant_score(r["solved"] for r in ok)

@@ -4,8 +4,9 @@ A scorer (:class:`~userlm_env.protocols.Scorer`) is the RL reward *and* the eval
 the env calls exactly this code. A task is the kind of problem (``Intent.task``); its scorer is
 registered under the task's name.
 
-* ``"gsm8k"`` (:class:`userlm_env.tasks.math.MathScorer`): extract the final number of a reply
-  and compare it with the reference answer.
+* ``"gsm8k"`` (:class:`userlm_env.tasks.math.MathScorer`): find the number a reply commits to
+  as its answer (not always its last one) and compare it with the reference answer; numbers are
+  read by :mod:`userlm_env.tasks.numbers`.
 * ``"humaneval"`` (:class:`userlm_env.tasks.code.CodeScorer`): extract the function the reply
   defines and run the problem's unit tests in the sandbox (:mod:`userlm_env.tasks.sandbox`).
 """
