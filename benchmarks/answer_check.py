@@ -31,18 +31,18 @@ sys.path.insert(0, str(ROOT))
 
 from math_verify import parse, verify  # noqa: E402
 
+from tests.tasks.answer_fixture import load_answer_replies  # noqa: E402
 from userlm_env.tasks.math import MathScorer, extract_answer, parse_number  # noqa: E402
 from userlm_env.types import Intent, Shard  # noqa: E402
 
-FIXTURE = ROOT / "tests" / "tasks" / "fixtures" / "answer_replies.jsonl"
 SOURCES = ("written", "embedded_model", "llama_server")
 
 Row = dict[str, Any]
 
 
-def load_rows(path: Path = FIXTURE) -> list[Row]:
-    """The labelled replies, one JSON object a line."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load_rows() -> list[Row]:
+    """The labelled replies, GSM8k rows completed from ``../shared`` at run time."""
+    return load_answer_replies()
 
 
 def intent_of(row: Row) -> Intent:

@@ -7,19 +7,17 @@ hand-written reply here.
 
 from __future__ import annotations
 
-import json
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.tasks.answer_fixture import load_answer_replies
 from userlm_env.tasks.math import MathScorer, extract_answer, is_answer_attempt, parse_number
 from userlm_env.types import Intent, Shard
 
-FIXTURE = Path(__file__).parent / "fixtures" / "answer_replies.jsonl"
 SOURCES = {"written", "embedded_model", "llama_server"}
 KEYS = {"id", "question", "reply", "answer", "committed", "correct", "source", "style"}
 QUESTION = "Janet's ducks lay 16 eggs a day. She eats 3 and bakes with 4, and sells the rest at $2 each. How much does she make a day?"  # noqa: E501
@@ -27,7 +25,7 @@ QUESTION = "Janet's ducks lay 16 eggs a day. She eats 3 and bakes with 4, and se
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    return load_answer_replies()
 
 
 def intent(answer: str, question: str = QUESTION) -> Intent:
@@ -44,7 +42,7 @@ def test_fixture_schema(rows: list[dict[str, Any]]) -> None:
     counts = {source: sum(row["source"] == source for row in rows) for source in SOURCES}
     assert counts["embedded_model"] >= 30 and counts["llama_server"] >= 20
     for row in rows:
-        assert set(row) == KEYS and row["source"] in SOURCES, row["id"]
+        assert set(row) - {"gsm8k_line"} == KEYS and row["source"] in SOURCES, row["id"]
         assert row["question"] and row["style"] and isinstance(row["correct"], bool), row["id"]
         value = None if row["committed"] is None else parse_number(row["committed"])
         assert row["correct"] == (value == parse_number(row["answer"])), row["id"]
