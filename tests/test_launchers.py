@@ -128,3 +128,32 @@ def test_ray_launcher_runs_the_sweep_on_a_ray_cluster(ray_head: RayHead, tmp_pat
 def test_submitit_local_launcher_runs_the_sweep(tmp_path: Path) -> None:
     rows = run_two_by_two_sweep(tmp_path / "sweep", ["hydra/launcher=submitit_local"])
     assert_two_by_two(rows, episodes=1)
+
+
+def test_readme_slurm_and_ray_commands_compose() -> None:
+    """The README's SLURM and Ray-cluster commands need a cluster and an API key; their closest
+    offline variants are the sweeps above. Here their exact overrides compose into the launcher
+    plugins they name (no job is started)."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "experiments" / "conf"
+    common = [
+        "experiment=paper_table3",
+        "assistant.model=gpt-4o",
+        "simulator=userlm_8b",
+    ]
+    launchers = {
+        "hydra/launcher=submitit_slurm": ("SlurmLauncher", []),
+        "hydra/launcher=ray": (
+            "RayLauncher",
+            [
+                "hydra.launcher.ray.init.address=auto",
+                "+hydra.launcher.ray.init.object_store_memory=null",
+            ],
+        ),
+    }
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for launcher, (target, extra) in launchers.items():
+            cfg = compose("score", [launcher, *extra, *common], return_hydra_config=True)
+            assert cfg.hydra.launcher._target_.endswith(target)
+            assert cfg.assistant.model == "gpt-4o" and cfg.n_per_intent == 10
