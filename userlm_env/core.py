@@ -171,7 +171,7 @@ class ConversationCore:
         """
         if len(states) != len(replies):
             raise ValueError(f"{len(states)} states but {len(replies)} replies")
-        texts = [self._validate(state, reply) for state, reply in zip(states, replies, strict=True)]
+        texts = [self.validate(state, reply) for state, reply in zip(states, replies, strict=True)]
         marks = [_Mark.of(s) for s in states]
         try:
             return self._advance(states, texts)
@@ -204,8 +204,14 @@ class ConversationCore:
         for scorer in self.scorers.values():
             scorer.close()
 
-    # ------------------------------------------------------------------ internals
-    def _validate(self, state: ConversationState, reply: object) -> str:
+    def validate(self, state: ConversationState, reply: object) -> str:
+        """``reply`` as the reply to ``state``'s latest user turn, after checking both.
+
+        Raises:
+            TypeError: ``reply`` is not a ``str``.
+            ReplyTooLongError: ``reply`` is longer than ``max_reply_chars``.
+            EpisodeStateError: ``state`` was never started, or its episode is over.
+        """
         if not isinstance(reply, str):
             raise TypeError(f"an assistant reply must be a str, got {type(reply).__name__}")
         if len(reply) > self.max_reply_chars:
@@ -221,6 +227,7 @@ class ConversationCore:
             )
         return reply
 
+    # ------------------------------------------------------------------ internals
     def _advance(
         self, states: Sequence[ConversationState], replies: Sequence[str]
     ) -> list[Transition]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore
+from userlm_env.core import DEFAULT_MAX_REPLY_CHARS, ConversationCore, Transition
 from userlm_env.errors import EpisodeStateError, UnknownNameError
 from userlm_env.metrics.episode import EpisodeMetricsConfig
 from userlm_env.metrics.shards import ShardMatcher
@@ -25,6 +25,7 @@ __all__ = [
     "SourceSpec",
     "build_env_parts",
     "build_simulator",
+    "env_settings",
     "load_env_intents",
 ]
 
@@ -49,6 +50,20 @@ def load_env_intents(
         limit = kwargs.pop("limit", None)
         intents.extend(load_intents(name, **kwargs)[:limit])
     return intents
+
+
+def env_settings(env_id: str, **overrides: Any) -> dict[str, Any]:
+    """The settings ``gym.make(env_id)`` builds its env with (intent sources, ``max_replies``),
+    updated by ``overrides``.
+
+    Raises:
+        UnknownNameError: ``env_id`` is not a registered userlm-env id.
+    """
+    from userlm_env import ENV_IDS
+
+    if env_id not in ENV_IDS:
+        raise UnknownNameError(f"unknown env id {env_id!r}; known: {', '.join(sorted(ENV_IDS))}")
+    return {**gym.spec(env_id).kwargs, **overrides}
 
 
 def build_simulator(
@@ -198,9 +213,15 @@ class ConversationEnv(gym.Env[Any, str]):
             TypeError: An unknown setting.
             ValueError: An unknown ``render_mode`` or observation mode, or no intents.
         """
+        self._check_render_mode(render_mode)
+        self._adopt(build_env_parts(simulator, **settings), render_mode)
+
+    def _check_render_mode(self, render_mode: str | None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
-        parts = build_env_parts(simulator, **settings)
+
+    def _adopt(self, parts: EnvParts, render_mode: str | None) -> None:
+        self._check_render_mode(render_mode)
         self.intents, self.simulator = parts.intents, parts.simulator
         self.core, self.tracker = parts.core, parts.tracker
         self.observation_mode = parts.observation_mode
@@ -214,32 +235,74 @@ class ConversationEnv(gym.Env[Any, str]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Start a conversation; returns the first observation and ``info``."""
+        state = self.prepare_reset(seed=seed, options=options)
+        return self.finish_reset(state, self.core.start([state])[0])
+
+    def step(self, action: str) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Score the assistant reply ``action`` and return the next observation."""
+        state = self.prepare_step(action)
+        return self.finish_step(self.core.advance([state], [action])[0])
+
+    # The halves of reset and step around the core's transition. ``reset`` and ``step`` call
+    # them with the core in between; :mod:`userlm_env.sessions` calls them around a batched core
+    # call, so an episode played there is exactly the one played here.
+    def prepare_reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> ConversationState:
+        """Seed, pick the intent and build the fresh state of the next episode (no core call).
+
+        Raises:
+            UnknownNameError: ``options["intent_id"]`` names no intent of this env.
+        """
         super().reset(seed=seed)
         if seed is not None:  # a new seed starts a new experiment: forget the episode history
             self.tracker.forget()
         intent = self._pick_intent(options or {})
-        state = ConversationState(
+        return ConversationState(
             intent=intent,
             seed=int(self.np_random.integers(2**31 - 1)),
             episode_index=self.tracker.next_index(intent.intent_id),
         )
-        transition = self.core.start([state])[0]
+
+    def finish_reset(
+        self, state: ConversationState, transition: Transition
+    ) -> tuple[Any, dict[str, Any]]:
+        """Adopt the started ``state``: the first observation and ``info``."""
         self.tracker.started(state)
         self.state = state
         return observe(state, self.observation_mode), self.tracker.info(state, transition)
 
-    def step(self, action: str) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """Score the assistant reply ``action`` and return the next observation."""
+    def prepare_step(self, action: object) -> ConversationState:
+        """The state ``action`` replies in, after checking both (no change to either).
+
+        Raises:
+            EpisodeStateError: Before ``reset``, or after the episode ended.
+            TypeError, ReplyTooLongError: A reply that is not a ``str``, or too long.
+        """
         if self.state is None:
             raise EpisodeStateError("step() called before reset(): call reset() first")
-        transition = self.core.advance([self.state], [action])[0]
+        self.core.validate(self.state, action)
+        return self.state
+
+    def finish_step(self, transition: Transition) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """The step's result once the core advanced the state by ``transition``."""
+        state = self.state
+        assert state is not None  # prepare_step checked it
         return (
-            observe(self.state, self.observation_mode),
+            observe(state, self.observation_mode),
             transition.reward,
             transition.terminated,
             transition.truncated,
-            self.tracker.info(self.state, transition),
+            self.tracker.info(state, transition),
         )
+
+    @classmethod
+    def from_parts(cls, parts: EnvParts, *, render_mode: str | None = None) -> ConversationEnv:
+        """An env over already built parts (intents, simulator and core shared with others; the
+        tracker its own)."""
+        env = cls.__new__(cls)
+        env._adopt(parts, render_mode)
+        return env
 
     def render(self) -> str | None:
         """The transcript as text (``render_mode="ansi"``)."""

@@ -426,15 +426,17 @@ def _convert_and_write(entry: Path, gguf: Path) -> tuple[Any, Any]:
 def _convert_gguf(gguf: Path) -> tuple[Any, Any]:
     """De-quantize a GGUF file into a dense float32 ``(tokenizer, model)`` (slow)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    # transformers >= 5.11 asks for de-quantization explicitly; before, loading a GGUF file
+    # always de-quantized it (verl 0.9 caps transformers below 5.11, so both must work).
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    options = {"quantization_config": gguf_config(dequantize=True)} if gguf_config else {}
     model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        gguf_file=filename,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
+        folder, gguf_file=filename, dtype=torch.float32, **options
     )
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # weights are dense now; drop the marker that blocks saving

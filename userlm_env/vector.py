@@ -10,13 +10,13 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from userlm_env.core import Transition
+from userlm_env.core import TerminationReason, Transition
 from userlm_env.env import build_env_parts
-from userlm_env.errors import EpisodeStateError
+from userlm_env.errors import EpisodeStateError, UnknownNameError
 from userlm_env.observation import observation_space, observe
 from userlm_env.protocols import Simulator
 from userlm_env.spaces import UnicodeText
-from userlm_env.types import ConversationState
+from userlm_env.types import ConversationState, Intent
 
 __all__ = ["ConversationVectorEnv"]
 
@@ -91,35 +91,62 @@ class ConversationVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Start conversations (all, or those in ``options["reset_mask"]``)."""
+        """Start conversations (all, or those in ``options["reset_mask"]``).
+
+        ``options["intent_ids"]``: one intent id (or ``None``: drawn) per env, to start env ``i``
+        on that intent, as ``options["intent_id"]`` does for the single env.
+
+        Raises:
+            ValueError: ``intent_ids`` of the wrong length.
+            UnknownNameError: An intent id that is not one of this env's intents.
+        """
         options = dict(options or {})
         mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)))
+        chosen = self._chosen_intents(options.get("intent_ids"))
         self._seed(seed)
         indices = [i for i in range(self.num_envs) if mask[i]]
         infos: dict[str, Any] = {}
-        for i, info in self._start(indices).items():
+        for i, info in self._start(indices, chosen).items():
             infos = self._add_info(infos, info, i)
         return tuple(self._observe(i) for i in range(self.num_envs)), infos
 
     def step(
-        self, actions: Sequence[str]
+        self, actions: Sequence[str | None]
     ) -> tuple[tuple[Any, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Score one reply per conversation; start new episodes where one ended (same step)."""
+        """Score one reply per conversation; start new episodes where one ended (same step).
+
+        With autoreset ``DISABLED`` an ended conversation takes ``None`` as its action and is
+        left as it is (reward 0.0, its end flags repeated, no ``info`` entry), so a batch whose
+        episodes end at different turns steps only those still running.
+
+        Raises:
+            EpisodeStateError: Before ``reset``; a reply for an ended conversation; ``None``
+                for a running one.
+        """
         if len(actions) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
         states = [s for s in self.states if s is not None]
         if len(states) != self.num_envs:
             raise EpisodeStateError("step() called before reset(): call reset() first")
-        transitions = self.core.advance(states, list(actions))
-        infos_by_env = [self.tracker.info(s, t) for s, t in zip(states, transitions, strict=True)]
+        stepped = [
+            i for i, action in enumerate(actions) if action is not None or not states[i].over
+        ]
+        for i in stepped:
+            if actions[i] is None:
+                raise EpisodeStateError(f"conversation {i} is running: it needs a reply, not None")
+        advanced = self.core.advance([states[i] for i in stepped], [actions[i] for i in stepped])
+        transitions = [_repeat_end(s) for s in states]
+        for i, transition in zip(stepped, advanced, strict=True):
+            transitions[i] = transition
+        infos_by_env = {i: self.tracker.info(states[i], transitions[i]) for i in stepped}
         observations = [observe(s, self.observation_mode) for s in states]
-        ended = [i for i, t in enumerate(transitions) if t.done]
+        ended = [i for i in stepped if transitions[i].done]
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and ended:
             for i, info in self._start(ended).items():
                 info.update(final_obs=observations[i], final_info=infos_by_env[i])
                 infos_by_env[i], observations[i] = info, self._observe(i)
         infos: dict[str, Any] = {}
-        for i, info in enumerate(infos_by_env):
+        for i, info in infos_by_env.items():
             infos = self._add_info(infos, info, i)
         return (tuple(observations), *_arrays(transitions), infos)
 
@@ -132,9 +159,23 @@ class ConversationVectorEnv(VectorEnv):
             raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
         self._rngs = [seeding.np_random(int(s))[0] for s in seeds]
 
-    def _start(self, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Start fresh conversations at ``indices``; their first ``info`` by index."""
-        states = [self._new_state(i) for i in indices]
+    def _chosen_intents(self, intent_ids: Sequence[str | None] | None) -> list[Intent | None]:
+        if intent_ids is None:
+            return [None] * self.num_envs
+        if len(intent_ids) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} intent ids, got {len(intent_ids)}")
+        by_id = {intent.intent_id: intent for intent in self.intents}
+        unknown = [i for i in intent_ids if i is not None and i not in by_id]
+        if unknown:
+            raise UnknownNameError(f"no intent with id {unknown[0]!r} in this environment")
+        return [by_id[i] if i is not None else None for i in intent_ids]
+
+    def _start(
+        self, indices: Sequence[int], chosen: Sequence[Intent | None] | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Start fresh conversations at ``indices`` (on ``chosen[i]`` where given); their first
+        ``info`` by index."""
+        states = [self._new_state(i, chosen[i] if chosen else None) for i in indices]
         transitions = self.core.start(states)
         infos = {}
         for i, state, transition in zip(indices, states, transitions, strict=True):
@@ -143,9 +184,10 @@ class ConversationVectorEnv(VectorEnv):
             infos[i] = self.tracker.info(state, transition)
         return infos
 
-    def _new_state(self, index: int) -> ConversationState:
+    def _new_state(self, index: int, intent: Intent | None = None) -> ConversationState:
         rng = self._rngs[index]
-        intent = self.intents[int(rng.integers(len(self.intents)))]
+        if intent is None:
+            intent = self.intents[int(rng.integers(len(self.intents)))]
         return ConversationState(
             intent=intent,
             seed=int(rng.integers(2**31 - 1)),
@@ -159,6 +201,15 @@ class ConversationVectorEnv(VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         """Release the scorers' resources (sandbox workers)."""
         self.core.close()
+
+
+def _repeat_end(state: ConversationState) -> Transition:
+    """The transition of a conversation that took no step: no reward, its end as it was."""
+    reason = state.termination_reason
+    return Transition(
+        terminated=reason in (TerminationReason.SOLVED, TerminationReason.USER_ENDED),
+        truncated=reason == TerminationReason.MAX_REPLIES,
+    )
 
 
 def _arrays(transitions: Sequence[Transition]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
