@@ -305,13 +305,23 @@ def _from_pretrained(location: str, name: str, *, local_only: bool) -> tuple[Any
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(location, local_files_only=local_only)
+        if (Path(location) / "adapter_config.json").is_file():  # a trained LoRA adapter folder
+            model = _adapter_model(location, tokenizer)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(location, local_files_only=local_only)
     except OSError as error:
         where = "in the local Hugging Face cache" if local_only else "locally or online"
         raise ModelUnavailableError(
             f"cannot load model {name!r} {where} ({error}). " + _alternatives(name)
         ) from error
     return tokenizer, model
+
+
+def _adapter_model(location: str, tokenizer: Any) -> Any:
+    """The model of a LoRA adapter folder: its base loaded, the adapter merged."""
+    from userlm_env.training.adapters import load_adapter_model
+
+    return load_adapter_model(location, tokenizer)
 
 
 def _gguf_tokenizer(name: str, label: str, gguf: Path, root: Path) -> Any:

@@ -80,13 +80,22 @@ def test_hashed_ip_stands_for_user_id(tmp_path: Path) -> None:
     [
         ("{not json", "invalid JSON"),
         (json.dumps(["a list"]), "expected a JSON object"),
-        (json.dumps(_record(country="")), "'country'"),
-        (json.dumps(_record(language=None)), "'language'"),
-        (json.dumps({k: v for k, v in _record().items() if k != "user_id"}), "user_id"),
-        (json.dumps(_record(messages=[])), "non-empty list"),
-        (json.dumps(_record(messages=[{"role": "system", "content": "x"}])), "role 'system'"),
-        (json.dumps(_record(messages=[{"role": "user", "content": "  "}])), "non-empty string"),
+        (json.dumps(_record(country=42)), "'country' must be a string or absent"),
+        (json.dumps(_record(language=["English"])), "'language' must be a string or absent"),
+        (json.dumps(_record(user_id={"id": 1})), "'user_id' must be a string, an integer"),
+        (json.dumps(_record(conversation_id=1.5)), "'conversation_id' must be a string"),
+        (json.dumps(_record(messages=[])), "'messages' must be a non-empty list"),
+        (
+            json.dumps(_record(messages=[{"role": "tool", "content": "x"}])),
+            r"messages\[0\]\.role must be 'user', 'assistant' or 'system', got 'tool'",
+        ),
+        (
+            json.dumps(_record(messages=[{"role": "user", "content": "  "}])),
+            r"messages\[0\]\.content must be a non-empty string",
+        ),
         (json.dumps(_record(messages=[{"role": "assistant", "content": "hi"}])), "no user"),
+        (json.dumps(_record(messages=[{"role": "system", "content": "be brief"}])), "no user"),
+        (json.dumps({"text": "hello"}), "no conversation found"),
         (json.dumps(_record(intent=42)), "'intent'"),
     ],
 )
@@ -114,8 +123,8 @@ def test_hub_loading_reports_missing_datasets(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(DataError, match="datasets"):
         load_hub_conversations("wildchat")
-    with pytest.raises(DataError, match="unknown hub dataset"):
-        load_hub_conversations("sharegpt")
+    with pytest.raises(DataError, match="datasets"):
+        load_hub_conversations("someone/sharegpt-chats")
 
 
 # Rows shaped like the hub datasets' (fields as their dataset cards describe them); the values

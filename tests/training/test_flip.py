@@ -163,5 +163,7 @@ def test_collator_pads_right_and_keeps_masks(
         assert set(batch["labels"][row, n:].tolist()) <= {IGNORE_INDEX}
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
     assert batch["input_ids"].dtype == torch.long
+    assert dataset.tokens == sum(len(s.input_ids) for s in samples)
+    assert dataset.target_tokens == sum(s.target_tokens for s in samples)
     with pytest.raises(DataError, match="no training samples"):
         FlipDataset([])

@@ -4,6 +4,7 @@ train smoke_cpu on the synthetic fixture, then simulate a user with the checkpoi
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,12 @@ def test_paper_recipe_becomes_training_arguments(tmp_path: Path) -> None:
     assert gradient_accumulation_steps(config, world_size=4) == 64  # 4 GPUs
     assert gradient_accumulation_steps(TrainConfig(per_device_batch_size=3), 1) == 341
     assert gradient_accumulation_steps(TrainConfig(effective_batch_size=2), 8) == 1
+    assert config.sample_mode == "conversation" and config.packing is False
+    assert args.include_num_input_tokens_seen == "non_padding"
+    packed = training_arguments(TrainConfig(output_dir=str(tmp_path), use_cpu=True, packing=True))
+    assert packed.include_num_input_tokens_seen == "all"  # no padding; EOS may be the pad id
+    with pytest.raises(ValueError, match="sample_mode"):
+        TrainConfig(sample_mode="packed")
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -88,6 +95,10 @@ def test_presets_compose_and_instantiate(preset: str) -> None:
     train = instantiate(cfg.train, _convert_="all")
     data = instantiate(cfg.data, _convert_="all")
     assert isinstance(train, TrainConfig) and isinstance(data, DataConfig)
+    assert train.sample_mode == "conversation" and train.packing is False
+    assert instantiate(_compose(preset, ["train.sample_mode=flipped"]).train).sample_mode == (
+        "flipped"
+    )
     if cfg.intents:
         assert instantiate(cfg.intents.llm).model
         assert isinstance(instantiate(cfg.intents.config), IntentConfig)
@@ -210,3 +221,90 @@ def test_smoke_round_trip(tmp_path: Path, apples_intent: Intent) -> None:
         done, steps = terminated or truncated, steps + 1
     assert steps == 2 and truncated and reward == 0.0
     assert [m["role"] for m in info["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+@pytest.mark.slow
+def test_throughput_compare_mode_reports_the_ratios() -> None:
+    """benchmarks/train_throughput.py's default mode on a few episodes: exact token counts."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput_compare", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.compare(4, 2)
+    assert report["user_turns"]["min"] >= 3 and report["conversations"] == 4
+    runs, ratios = report["runs"], report["ratios"]
+    assert ratios["tokens_flipped_over_conversation"] >= 1.5 and ratios["target_tokens_equal"]
+    assert runs["flipped_padded"]["sequences"] == sum(c + 1 for c in (3, 4, 5, 6))
+    for mode in ("flipped", "conversation"):
+        packed, padded = runs[f"{mode}_packed"], runs[f"{mode}_padded"]
+        assert packed["processed_tokens"] == packed["tokens"] == padded["tokens"]
+        assert padded["processed_tokens"] >= padded["tokens"]
+    json.dumps(report)
+
+
+@pytest.mark.slow
+def test_messages_only_data_trains_a_user_that_speaks_first_and_plays_episodes(
+    tmp_path: Path, apples_intent: Intent
+) -> None:
+    """The round trip from data as people have it: a JSONL of ``{"messages", "intent"}`` only
+    (no ids, country or language) trains a checkpoint that, with the simulator's default end
+    setting, opens every conversation with a spoken turn and plays whole episodes."""
+    from experiments.train import run
+    from simulators import make_simulator
+    from userlm_env import ConversationEnv
+
+    plain = tmp_path / "plain.jsonl"
+    with FIXTURE.open(encoding="utf-8") as source, plain.open("w", encoding="utf-8") as out:
+        for line in source:
+            record = json.loads(line)
+            kept = {k: record[k] for k in ("messages", "intent") if k in record}
+            out.write(json.dumps(kept))
+            out.write("\n")
+    cfg = _compose("smoke_cpu", [f"data.path={plain}", "+train.disable_tqdm=true"])
+    summary = run(cfg, tmp_path / "run")
+    assert summary["steps"] > 0
+    simulator = make_simulator("userlm", model=str(tmp_path / "run" / "model"), max_new_tokens=12)
+    env = ConversationEnv(simulator=simulator, intents=[apples_intent], max_replies=3)
+    for seed in range(4):
+        observation, info = env.reset(seed=seed)
+        assert observation.strip() and info["user_turns"] == 1 and not info["user_ended"]
+        done = False
+        while not done:
+            observation, _, terminated, truncated, info = env.step("Could you say more?")
+            done = terminated or truncated
+        assert info["termination_reason"] in ("user_ended", "max_replies")
+        assert info["messages"][0]["role"] == "user" and info["messages"][0]["content"].strip()
+
+
+def test_gpu_check_script_says_it_needs_cuda_on_a_cpu_machine() -> None:
+    """The README's GPU command, run where it cannot: a clear message and exit status 2 (the
+    GPU run itself needs a lent GPU machine; ``train_throughput.py`` is its CPU counterpart)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_train_check.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "no CUDA GPU" in done.stderr and "train_throughput.py" in done.stderr
+
+
+@pytest.mark.slow
+def test_lora_smoke_preset_trains_and_its_merged_checkpoint_speaks(
+    tmp_path: Path, apples_intent: Intent
+) -> None:
+    """The README's LoRA command: ``train=lora_smoke_cpu`` trains, saves a merged checkpoint
+    without adapter files, and the simulator loads it and speaks first."""
+    from experiments.train import run
+    from simulators import make_simulator
+    from userlm_env import ConversationEnv
+
+    cfg = _compose("lora_smoke_cpu", [f"data.path={FIXTURE}", "+train.disable_tqdm=true"])
+    summary = run(cfg, tmp_path)
+    model_dir = tmp_path / "model"
+    assert summary["steps"] > 0 and (model_dir / "config.json").is_file()
+    assert not (model_dir / "adapter_config.json").exists()  # merged: a plain checkpoint
+    simulator = make_simulator("userlm", model=str(model_dir), max_new_tokens=8, max_tries=2)
+    observation, info = ConversationEnv(simulator=simulator, intents=[apples_intent]).reset(seed=0)
+    assert observation.strip() and info["user_turns"] == 1

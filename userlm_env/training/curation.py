@@ -7,15 +7,20 @@ it. A first turn is a near-duplicate when one of its 7-grams reaches ``threshold
 natural user behaviour. ``keep_representative=True`` keeps the first conversation (in input order)
 of each template instead. First turns shorter than 7 words have no 7-gram and are never removed.
 
-**Splits.** A user is the ``user_id`` (hashed IP for WildChat). Each user belongs to one country
-(their most frequent one; ties go to the alphabetically first). Within a country, users are ordered
-by ``sha256(seed, user_id)`` and cut at the split fractions (90/5/5 by default), so every split
-holds users from every large-enough country and no user appears in two splits.
+**Splits.** A user is the ``user_id`` (hashed IP for WildChat). A conversation without a user id
+is its own user, keyed by its :func:`messages_fingerprint`, so identical copies stay in one split
+(but one person's conversations may land in different splits; the log says how many conversations
+have no user id). Each user belongs to one country: their most frequent known one (ties go to the
+alphabetically first); users with no known country form one group of their own. Within a country,
+users are ordered by ``sha256(seed, user)`` and cut at the split fractions (90/5/5 by default), so
+every split holds users from every large-enough country and no user appears in two splits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,8 +28,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from userlm_env.training.data import Conversation
+    from userlm_env.types import Message
 
-__all__ = ["DedupReport", "Splits", "assign_splits", "first_turn_ngrams", "remove_near_duplicates"]
+__all__ = [
+    "DedupReport",
+    "Splits",
+    "assign_splits",
+    "first_turn_ngrams",
+    "messages_fingerprint",
+    "remove_near_duplicates",
+    "split_user",
+]
+
+log = logging.getLogger(__name__)
 
 _SPLITS = ("train", "validation", "test")
 
@@ -118,6 +134,22 @@ class Splits:
         return iter((self.train, self.validation, self.test))
 
 
+def messages_fingerprint(messages: Sequence[Message]) -> str:
+    """The SHA-256 hex digest of the messages' roles and contents (compact JSON of
+    ``[[role, content], ...]``, UTF-8): equal exactly when the messages are."""
+    pairs = [[m["role"], m["content"]] for m in messages]
+    text = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def split_user(conversation: Conversation) -> str:
+    """Who a conversation belongs to for the splits: its ``user_id``, or, without one, the
+    conversation itself (by its messages' fingerprint)."""
+    if conversation.user_id is not None:
+        return conversation.user_id
+    return "\x00conversation:" + messages_fingerprint(conversation.messages)
+
+
 def assign_splits(
     conversations: Sequence[Conversation],
     *,
@@ -127,34 +159,50 @@ def assign_splits(
     """Split users per country by a seeded hash into train/validation/test (see module doc)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
-    split_of = _user_splits(conversations, seed, fractions)
+    users = [split_user(conversation) for conversation in conversations]
+    without = sum(conversation.user_id is None for conversation in conversations)
+    if without:
+        log.info(
+            "splits: %d of %d conversations have no user id; each is split as its own user "
+            "(identical copies stay together), so one person's conversations may land in "
+            "different splits",
+            without,
+            len(conversations),
+        )
+    split_of = _user_splits(conversations, users, seed, fractions)
     buckets: dict[str, list[Conversation]] = {name: [] for name in _SPLITS}
-    for conversation in conversations:
-        buckets[split_of[conversation.user_id]].append(conversation)
+    for conversation, user in zip(conversations, users, strict=True):
+        buckets[split_of[user]].append(conversation)
     return Splits(**buckets)
 
 
 def _user_splits(
-    conversations: Sequence[Conversation], seed: int, fractions: Sequence[float]
+    conversations: Sequence[Conversation],
+    users: Sequence[str],
+    seed: int,
+    fractions: Sequence[float],
 ) -> dict[str, str]:
-    users_by_country: dict[str, list[str]] = defaultdict(list)
-    for user, country in _home_countries(conversations).items():
+    users_by_country: dict[str | None, list[str]] = defaultdict(list)
+    for user, country in _home_countries(conversations, users).items():
         users_by_country[country].append(user)
     train_end, validation_end = fractions[0], fractions[0] + fractions[1]
     split_of: dict[str, str] = {}
-    for users in users_by_country.values():
-        ordered = sorted(users, key=lambda user: _user_hash(seed, user))
+    for members in users_by_country.values():
+        ordered = sorted(members, key=lambda user: _user_hash(seed, user))
         for rank, user in enumerate(ordered):
             position = (rank + 0.5) / len(ordered)
             split_of[user] = _pick(position, train_end, validation_end)
     return split_of
 
 
-def _home_countries(conversations: Sequence[Conversation]) -> dict[str, str]:
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for conversation in conversations:
-        counts[conversation.user_id][conversation.country] += 1
-    return {user: min(c, key=lambda k: (-c[k], k)) for user, c in counts.items()}
+def _home_countries(
+    conversations: Sequence[Conversation], users: Sequence[str]
+) -> dict[str, str | None]:
+    """Each user's most frequent known country (``None`` when none is known)."""
+    counts: dict[str, Counter[str | None]] = defaultdict(Counter)
+    for conversation, user in zip(conversations, users, strict=True):
+        counts[user][conversation.country] += 1
+    return {user: min(c, key=lambda k: (k is None, -c[k], k or "")) for user, c in counts.items()}
 
 
 def _user_hash(seed: int, user_id: str) -> str:

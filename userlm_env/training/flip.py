@@ -14,6 +14,11 @@ perplexity in :mod:`userlm_env.metrics.perplexity`) covers exactly the user turn
 Samples longer than ``max_length`` keep their prompt and lose the tail of their target
 (``truncated``); samples whose prompt alone leaves no room for a target token are dropped. Both
 are counted in :class:`FlipResult`.
+
+This is the paper's exact recipe; :mod:`userlm_env.training.whole` gives every user turn the same
+loss from one sequence per conversation, for O(K) instead of O(K^2) tokens. Both kinds of sample
+go through :class:`FlipDataset` and either collator: :class:`FlipCollator` pads,
+:class:`PackedCollator` concatenates a batch into one padding-free row.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from userlm_env.chat_format import render_training_sample
 from userlm_env.errors import DataError
@@ -36,6 +41,8 @@ __all__ = [
     "FlipResult",
     "FlipSample",
     "FlipText",
+    "PackedCollator",
+    "TokenSample",
     "add_end_token",
     "flip_conversation",
     "flip_conversations",
@@ -210,14 +217,25 @@ def flip_conversations(
     return FlipResult(samples, flipped, skipped, dropped, truncated)
 
 
+class TokenSample(Protocol):
+    """A tokenized training sample: flipped (:class:`FlipSample`) or whole-conversation."""
+
+    @property
+    def input_ids(self) -> list[int]: ...  # the prompt and target ids
+
+    @property
+    def labels(self) -> list[int]: ...  # IGNORE_INDEX where no loss
+
+
 class FlipDataset:
     """A map-style dataset of samples, as dicts of ``input_ids`` and ``labels`` lists.
 
     It has ``__len__`` and ``__getitem__``, which is all ``transformers.Trainer`` (and its
-    length-grouped sampler, which reads ``input_ids``) needs.
+    length-grouped sampler, which reads ``input_ids``) needs. The samples may be flipped ones
+    or whole conversations (:class:`userlm_env.training.whole.WholeSample`).
     """
 
-    def __init__(self, samples: Sequence[FlipSample]) -> None:
+    def __init__(self, samples: Sequence[TokenSample]) -> None:
         if not samples:
             raise DataError("no training samples: the conversations produced none")
         self.samples = list(samples)
@@ -233,6 +251,11 @@ class FlipDataset:
     def tokens(self) -> int:
         """Total tokens over all samples (prompt and target)."""
         return sum(len(s.input_ids) for s in self.samples)
+
+    @property
+    def target_tokens(self) -> int:
+        """Tokens that carry a loss over all samples."""
+        return sum(sum(label != IGNORE_INDEX for label in s.labels) for s in self.samples)
 
 
 @dataclass
@@ -259,3 +282,25 @@ class FlipCollator:
             "attention_mask": torch.tensor(mask, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
         }
+
+
+class PackedCollator:
+    """Concatenates a batch into one row without padding (``position_ids`` restart per sample).
+
+    It is transformers' ``DataCollatorWithFlattening``: ``input_ids``, ``labels`` and
+    ``position_ids`` of shape ``(1, total tokens)`` and no attention mask. Models built on
+    transformers' mask utilities (Llama, Qwen, SmolLM...) read the restarting positions as
+    sample boundaries, so no token attends across samples: sdpa and eager attention get a
+    block-diagonal mask (quadratic in the row length, so keep batches moderate), FlashAttention
+    2 runs variable-length kernels. They do so only without a KV cache (``use_cache=False``, as
+    the Trainer sets it). The first label of each sample is -100 (never a target).
+    """
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = self._flatten(list(features), return_tensors="pt")
+        return batch
