@@ -86,14 +86,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from transformers import PrinterCallback, TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
+from transformers import TrainerCallback
+from trl import GRPOConfig
 
 import userlm_env  # noqa: F401  (registers the env ids)
-from experiments.rl_grpo import USER_TURN_TOKENS, GRPORunConfig, load_policy
+from experiments.rl_grpo import USER_TURN_TOKENS, GRPORunConfig, load_policy, train_grpo
 from userlm_env.integrations.trl import (
     ConversationRollout,
-    env_reward,
     intent_dataset,
     make_rollout_func,
 )
@@ -191,6 +190,10 @@ class TimedRollout:
             return self.rollout(prompts, trainer)
         finally:
             self.clock.add("rollout", time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Close the clocked rollout's envs."""
+        self.rollout.close()
 
 
 class StepClock(TrainerCallback):
@@ -291,20 +294,7 @@ def run_variant(name: str, work: Workload, output_dir: Path) -> dict[str, float]
         seed=SEED,
     )
     step_clock = StepClock(name, clock, work.warmup_steps)
-    trainer = GRPOTrainer(
-        model=model,
-        processing_class=tokenizer,
-        reward_funcs=env_reward,
-        args=args,
-        train_dataset=dataset,
-        rollout_func=TimedRollout(rollout, clock),
-        callbacks=[step_clock],
-    )
-    trainer.remove_callback(PrinterCallback)  # the step lines replace its raw log dicts
-    try:
-        trainer.train()
-    finally:
-        rollout.close()
+    train_grpo(model, tokenizer, dataset, TimedRollout(rollout, clock), args, step_clock)
     if len(step_clock.steps) != work.steps:
         raise RuntimeError(f"{name}: {len(step_clock.steps)} steps were counted, not {work.steps}")
     return per_step(step_clock.steps)

@@ -145,9 +145,9 @@ def run(cfg: Any, output_dir: Path) -> list[dict[str, float]]:
     """Train; return one record per step (``step``, ``reward``, ``env_reward``,
     ``policy_tokens``, ``grad_norm``)."""
     import torch
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
-    from userlm_env.integrations.trl import env_reward, intent_dataset, make_rollout_func
+    from userlm_env.integrations.trl import intent_dataset, make_rollout_func
 
     settings = {"simulator": instantiate(cfg.simulator), "max_replies": cfg.max_replies}
     dataset = intent_dataset(cfg.env_id, max_replies=cfg.max_replies)
@@ -182,20 +182,7 @@ def run(cfg: Any, output_dir: Path) -> list[dict[str, float]]:
         seed=cfg.seed,
     )
     printer = StepPrinter(cfg.steps)
-    trainer = GRPOTrainer(
-        model=model,
-        processing_class=tokenizer,
-        reward_funcs=env_reward,
-        args=args,
-        train_dataset=dataset,
-        rollout_func=rollout,
-        callbacks=[printer],
-    )
-    trainer.remove_callback(PrinterCallback)  # the step lines replace its raw log dicts
-    try:
-        trainer.train()
-    finally:
-        rollout.close()
+    trainer = train_grpo(model, tokenizer, dataset, rollout, args, printer)
     if cfg.save_model:
         trainer.save_model(str(output_dir))
     records = printer.records
@@ -207,6 +194,33 @@ def run(cfg: Any, output_dir: Path) -> list[dict[str, float]]:
         flush=True,
     )
     return records
+
+
+def train_grpo(
+    model: Any, tokenizer: Any, dataset: Any, rollout: Any, args: Any, callback: TrainerCallback
+) -> Any:
+    """Train GRPO on whole conversations: the env's reward, ``callback``'s step lines in place of
+    TRL's raw log dicts, and the rollout's envs closed afterwards (``rollout.close()``, also on
+    failure). Returns the trainer."""
+    from trl import GRPOTrainer
+
+    from userlm_env.integrations.trl import env_reward
+
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=env_reward,
+        args=args,
+        train_dataset=dataset,
+        rollout_func=rollout,
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)
+    try:
+        trainer.train()
+    finally:
+        rollout.close()
+    return trainer
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="rl_grpo")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import shlex
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -456,3 +459,27 @@ def test_rl_grpo_runs_one_step_with_a_tiny_policy(
     out = capsys.readouterr().out
     assert "step 1/1  reward 0.000  env reward 0.000" in out
     assert "rl_grpo: 1 GRPO steps on userlm_env/GSMSymbolic-v0" in out
+
+
+@pytest.mark.slow
+def test_the_readme_rl_grpo_commands_run_as_written(tmp_path: Path) -> None:
+    """Both ``experiments.rl_grpo`` commands of the README, run as written (the default one
+    trains the embedded SmolLM2-135M for 2 steps on CPU), from a scratch working folder."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [
+        shlex.split(line.split("#", 1)[0])
+        for line in readme.splitlines()
+        if line.startswith(".venv/bin/python -m experiments.rl_grpo")
+    ]
+    assert len(commands) == 2
+    for argv in commands:
+        done = subprocess.run(
+            [sys.executable, *argv[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "GRPO steps on userlm_env/GSMSymbolic-v0" in done.stdout
