@@ -8,6 +8,7 @@ sampled per row from that row's own seed (no global random generator).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,11 @@ from transformers import GenerationConfig
 
 from assistants.litellm import DEFAULT_SYSTEM_PROMPT, with_system_prompt
 from userlm_env.chat_format import end_of_turn_token_ids
+from userlm_env.estimate import CallBudget
 from userlm_env.generation import Sampling, generate_rows
-from userlm_env.models import EMBEDDED_MODEL, load_model
+from userlm_env.models import EMBEDDED_MODEL, LoadedModel, load_model
 from userlm_env.protocols import Conversations, IntentIds, Seeds
-from userlm_env.types import AssistantReply, Message
+from userlm_env.types import AssistantReply, Intent, Message
 
 __all__ = ["HFAssistant", "HFAssistantConfig"]
 
@@ -55,13 +57,45 @@ class HFAssistant:
         base = config or HFAssistantConfig()
         self.config = HFAssistantConfig(**{**base.__dict__, **overrides})
         self.system_prompt = system_prompt
-        self.loaded = load_model(model)
-        self._generation_config = GenerationConfig(
+        self.model_name = model
+        self._loaded: LoadedModel | None = None
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model, loaded at first use (building the assistant loads nothing).
+
+        Raises:
+            ModelUnavailableError: It cannot be found locally.
+        """
+        if self._loaded is None:
+            self._loaded = load_model(self.model_name)
+        return self._loaded
+
+    @functools.cached_property
+    def _generation_config(self) -> GenerationConfig:
+        tokenizer = self.loaded.tokenizer
+        return GenerationConfig(
             max_new_tokens=self.config.max_new_tokens,
             do_sample=False,  # greedy, or the seeded sampler has already picked the token
-            eos_token_id=end_of_turn_token_ids(self.loaded.tokenizer),
-            pad_token_id=self.loaded.tokenizer.pad_token_id,
+            eos_token_id=end_of_turn_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
         )
+
+    def call_budget(self) -> CallBudget:
+        """In-process: one generation of at most ``max_new_tokens`` per reply, from a prompt cut
+        to ``max_prompt_tokens`` (:mod:`userlm_env.estimate`; loads nothing)."""
+        cfg = self.config
+        return CallBudget(
+            self.model_name,
+            local=True,
+            calls_per_turn=1,
+            max_output_tokens=cfg.max_new_tokens,
+            max_input_tokens=cfg.max_prompt_tokens,
+        )
+
+    def prompt_texts(self, intent: Intent) -> list[str]:
+        """The prompt besides the conversation: the system prompt (the intent is not sent)."""
+        return [self.system_prompt] if self.system_prompt else []
 
     def respond(
         self, conversations: Conversations, *, intent_ids: IntentIds = None, seeds: Seeds = None

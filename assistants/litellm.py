@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from userlm_env.estimate import CallBudget, client_budget
 from userlm_env.llm import LLMClient, LLMConfig, LLMResult
 from userlm_env.protocols import Conversations, IntentIds, Seeds
-from userlm_env.types import AssistantReply, Message
+from userlm_env.types import AssistantReply, Intent, Message
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "LiteLLMAssistant", "with_system_prompt"]
 
@@ -42,6 +43,8 @@ class LiteLLMAssistant:
         api_base, api_key: Endpoint and credentials (passed through to every call).
         concurrency, timeout_s, max_retries, cache_dir: See :class:`userlm_env.llm.LLMConfig`.
         extra: Further LiteLLM parameters sent with every request.
+        input_usd_per_mtok, output_usd_per_mtok: The model's price in USD per million tokens,
+            for a model LiteLLM's price map lacks (``0`` for a free self-hosted server).
     """
 
     def __init__(
@@ -59,6 +62,8 @@ class LiteLLMAssistant:
         backoff_base_s: float = 1.0,
         cache_dir: str | None = None,
         extra: dict[str, Any] | None = None,
+        input_usd_per_mtok: float | None = None,
+        output_usd_per_mtok: float | None = None,
     ) -> None:
         self.system_prompt = system_prompt
         self.client = LLMClient(
@@ -74,8 +79,23 @@ class LiteLLMAssistant:
                 concurrency=concurrency,
                 cache_dir=cache_dir,
                 extra=dict(extra or {}),
+                input_usd_per_mtok=input_usd_per_mtok,
+                output_usd_per_mtok=output_usd_per_mtok,
             )
         )
+
+    def llm_clients(self) -> list[LLMClient]:
+        """The assistant's client (for spend accounting: :mod:`userlm_env.spend`)."""
+        return [self.client]
+
+    def call_budget(self) -> CallBudget:
+        """One request of at most ``max_tokens`` per reply, retried up to ``max_retries`` times,
+        at the configured or LiteLLM's price (:mod:`userlm_env.estimate`)."""
+        return client_budget(self.client.config)
+
+    def prompt_texts(self, intent: Intent) -> list[str]:
+        """The prompt besides the conversation: the system prompt (the intent is not sent)."""
+        return [self.system_prompt] if self.system_prompt else []
 
     def respond(
         self, conversations: Conversations, *, intent_ids: IntentIds = None, seeds: Seeds = None

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
 from userlm_env.errors import UnknownNameError
+from userlm_env.estimate import CallBudget
 from userlm_env.metrics.shards import LexicalShardMatcher
 from userlm_env.protocols import Conversations, IntentIds, Seeds
 from userlm_env.types import AssistantReply, Intent, Message
@@ -71,6 +72,11 @@ class ScriptedAssistant:
         """The reply to ``messages`` in a conversation about ``intent``."""
         raise NotImplementedError
 
+    def call_budget(self) -> CallBudget:
+        """No model is called (:mod:`userlm_env.estimate`); subclasses bound their replies
+        with ``rule_turns``."""
+        return CallBudget.without_model("scripted")
+
     def _intent(self, intent_id: str) -> Intent:
         try:
             return self.intents[intent_id]
@@ -92,6 +98,14 @@ class OracleAssistant(ScriptedAssistant):
         """A clarifying question, or the reference answer once all required shards are out."""
         if not intent.required_ids <= self._revealed(messages, intent):
             return _QUESTION
+        return self._answer(intent)
+
+    def rule_turns(self, intent: Intent) -> list[str]:
+        """Its two replies for ``intent``: the question and the answer."""
+        return [_QUESTION, self._answer(intent)]
+
+    @staticmethod
+    def _answer(intent: Intent) -> str:
         if intent.task == "humaneval":
             return _code_answer(intent, intent.reference["canonical_solution"])
         return f"Putting it all together, the answer is {intent.reference['answer']}."
@@ -116,3 +130,7 @@ class WrongAssistant(ScriptedAssistant):
         wrong = Fraction(str(intent.reference["answer"]).replace(",", "")) + 1
         shown = str(wrong.numerator) if wrong.denominator == 1 else str(float(wrong))
         return f"The answer is {shown}."
+
+    def rule_turns(self, intent: Intent) -> list[str]:
+        """Its one reply for ``intent`` (it does not depend on the conversation)."""
+        return [self.reply([], intent)]

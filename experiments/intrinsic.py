@@ -10,7 +10,9 @@ Any simulator of :func:`simulators.make_simulator` works (``--simulator-kwargs``
 ``--online N`` loads N records each of PRISM, CommonsenseQA and NaturalQuestions through
 ``datasets`` instead of files. Intent adherence needs a judge model (``--judge-model``); the
 naturalness detector is a library hook (:class:`userlm_env.metrics.intrinsic.NaturalnessDetector`)
-with no command-line default, since no detector ships offline.
+with no command-line default, since no detector ships offline. Progress goes to stderr as
+``[intrinsic]`` lines (a live bar on a terminal; ``--no-progress`` turns it off); libraries'
+INFO logs (LiteLLM's per-call lines) show only with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from userlm_env.logs import quiet_libraries
 from userlm_env.metrics.intrinsic import (
     IntentAdherenceJudge,
     IntrinsicData,
@@ -29,6 +32,7 @@ from userlm_env.metrics.intrinsic import (
     run_intrinsic,
 )
 from userlm_env.metrics.suite import format_table
+from userlm_env.progress import ProgressSettings
 
 __all__ = ["load_data", "main", "make_judge"]
 
@@ -68,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="states per simulator call")
     parser.add_argument("--seed", type=int, default=0, help="base sampling seed")
     parser.add_argument("--out", type=Path, default=None, help="folder for intrinsic.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    parser.add_argument("--verbose", action="store_true", help="show libraries' INFO logs")
     return parser
 
 
@@ -77,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not args.online and not any(getattr(args, k) for k in _KINDS):
         parser.error("give at least one of --conversations, --mcq, --questions, or --online N")
+    quiet_libraries(verbose=args.verbose)
     from simulators import make_simulator
 
     simulator = make_simulator(args.simulator, **json.loads(args.simulator_kwargs))
@@ -87,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         first_turns_per_intent=args.first_turns_per_intent,
         seed=args.seed,
         batch_size=args.batch_size,
+        progress=None if args.no_progress else ProgressSettings(),
     )
     row = {"simulator": args.simulator, **results}
     print(format_table([row]))

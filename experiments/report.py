@@ -19,17 +19,23 @@ metrics and the simulator faithfulness flags. Beside ``<out>.md`` (both tables),
 ``<out>.csv`` (the simulator table) and ``<out>_protocol.csv`` (the protocol, bounds as numbers)
 the report writes PNG figures (the protocol's first) and ``<out>.html``, a static page with the
 simulations of each intent side by side.
+
+Exit status: 0 the report was written (failed episodes, if any, are counted in the tables and
+summed up on stderr); 1 no run below the folder finished an episode (the most common error is
+printed); 2 the folder holds no readable run (missing, no ``results.jsonl``, records written by
+an older version). Errors are one ``error: ...`` line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-from collections import defaultdict
+import sys
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from experiments.run_info import read_run_info
 from userlm_env.errors import DataError
@@ -47,7 +53,10 @@ from userlm_env.metrics.suite import (
 from userlm_env.records import latest_by_key, read_records
 
 __all__ = [
+    "EXIT_NO_EPISODES",
+    "EXIT_UNREADABLE",
     "Simulation",
+    "build_parser",
     "collect_runs",
     "group_simulations",
     "main",
@@ -58,15 +67,29 @@ __all__ = [
 ]
 
 Run = tuple[dict[str, Any], list[dict[str, Any]]]
+#: Exit status when no run below the folder finished an episode.
+EXIT_NO_EPISODES = 1
+#: Exit status when the folder holds no readable run.
+EXIT_UNREADABLE = 2
+_REQUIRED = ("key", "task")  # fields every record has, failed or not
 _SUITE_COLUMNS = [m for m in SUITE if m.name != "assistant_score"]  # score_rows has it
 
 
 def collect_runs(root: Path) -> list[Run]:
-    """``(run_info, records)`` of every run below ``root``, in path order."""
-    return [
-        (read_run_info(results.parent), read_records(results))
-        for results in sorted(root.rglob("results.jsonl"))
-    ]
+    """``(run_info, records)`` of every run below ``root``, in path order.
+
+    Raises:
+        DataError: A record lacks ``key`` or ``task`` (the message names the file and line).
+    """
+    runs = []
+    for results in sorted(root.rglob("results.jsonl")):
+        records = read_records(results)
+        for line, record in enumerate(records, start=1):
+            missing = [name for name in _REQUIRED if name not in record]
+            if missing:
+                raise DataError(f"{results}: record {line} has no {', '.join(missing)} field")
+        runs.append((read_run_info(results.parent), records))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -209,28 +232,102 @@ def write_tables(
     return markdown, table, _write_csv(protocol, protocol_csv, "assistant")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: merge the runs below a folder, print the table, write the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+EXAMPLES = """\
+examples:
+  python -m experiments.report outputs/simulate/2026-11-23_12-00-00     # one run
+  python -m experiments.report multirun/simulate/2026-11-23_12-00-00    # a sweep: one row per job
+  python -m experiments.report runs/lic --out reports/lic    # reports/lic.md, .csv, .html ...
+
+exit status: 0 written; 1 no run finished an episode; 2 no readable run below the folder
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m experiments.report``."""
+    summary = __doc__.split("\n\n")[0].splitlines()[0] if __doc__ else ""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.report",
+        description=f"{summary}\n\nEvery folder below ROOT holding a results.jsonl is a run "
+        "(simulate, score or a sweep job);\nwrites <out>.md, <out>.csv, <out>_protocol.csv, "
+        "<out>_figures/*.png and <out>.html.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("root", type=Path, help="a run folder or a sweep folder")
-    parser.add_argument("--out", type=Path, default=None, help="output stem (default root/report)")
-    args = parser.parse_args(argv)
-    if not any(args.root.rglob("results.jsonl")):
-        parser.error(f"no results.jsonl below {args.root}")
-    try:  # unreadable runs are a usage error (exit 2), reported without a traceback
-        runs = collect_runs(args.root)
+    parser.add_argument("--out", type=Path, default=None, help="output stem (default ROOT/report)")
+    return parser
+
+
+def _stop(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _usage_error(message: str) -> NoReturn:
+    """Exit with :data:`EXIT_UNREADABLE` (``SystemExit``, as argparse's usage errors do)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_UNREADABLE)
+
+
+def _failures(runs: Sequence[Run], limit: int = 400) -> tuple[int, int, str]:
+    """``(failed, episodes, most common error)`` over the latest record of each run's
+    episodes (a resumed run's retry replaces its failure)."""
+    latest = [r for _, records in runs for r in latest_by_key(records)]
+    errors = Counter(str(r["error"]) for r in latest if r.get("error"))
+    if not errors:
+        return 0, len(latest), ""
+    text, count = errors.most_common(1)[0]
+    text = " ".join(text.split())  # one line
+    text = text if len(text) <= limit else text[:limit] + "..."
+    failed = sum(errors.values())
+    return failed, len(latest), f"most common error ({count} of {failed}): {text}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: merge the runs below a folder, print the table, write the report; return
+    the exit status (see the module docstring). A folder without readable runs is a usage error:
+    ``SystemExit`` with :data:`EXIT_UNREADABLE`, as for argparse's own."""
+    args = build_parser().parse_args(argv)
+    root: Path = args.root
+    if not root.is_dir():
+        _usage_error(f"{root} is not a folder")
+    if not any(root.rglob("results.jsonl")):
+        _usage_error(
+            f"no results.jsonl below {root}: pass the folder of a simulate or score run, "
+            "or of a sweep"
+        )
+    try:
+        runs = collect_runs(root)
+        failed, episodes, common = _failures(runs)
+        if not episodes:
+            files = sum(1 for _ in root.rglob("results.jsonl"))
+            return _stop(
+                f"no episode records in the {files} results.jsonl file(s) below {root}: "
+                "the runs finished no episode",
+                EXIT_NO_EPISODES,
+            )
+        if failed == episodes:
+            return _stop(
+                f"no finished episode below {root} ({failed} of {episodes} failed); {common}",
+                EXIT_NO_EPISODES,
+            )
         rows = merge_rows(runs)
         sims = group_simulations(runs)
         protocol = protocol_rows(setting_groups(runs))
-    except (OSError, KeyError, DataError) as error:
-        parser.error(f"unreadable results: {error}")
-    out = args.out or args.root / "report"
+    except (OSError, KeyError, ValueError) as error:  # DataError is a ValueError
+        _usage_error(f"unreadable results below {root}: {error}")
+    out = args.out or root / "report"
     written = [
         *write_tables(rows, out, protocol),
-        *_write_visuals(rows, sims, protocol, out, args.root),
+        *_write_visuals(rows, sims, protocol, out, root),
     ]
     print(_markdown(rows, protocol))
     print("wrote " + ", ".join(str(p) for p in written))
+    if failed:
+        print(
+            f"{failed} of {episodes} episodes failed and are left out of the metrics; {common}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -247,7 +344,8 @@ def _write_visuals(
 
     folder = out.parent / f"{out.name}_figures"
     folder.mkdir(parents=True, exist_ok=True)
-    lead = write_protocol_figure(protocol, folder / "protocol.png") if protocol else None
+    drawn = [row for row in protocol if "aptitude" in row]  # settings with finished episodes
+    lead = write_protocol_figure(drawn, folder / "protocol.png") if drawn else None
     figures = write_figures(sims, folder)
     page = write_page(
         rows, sims, figures, out.with_suffix(".html"), root,

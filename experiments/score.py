@@ -7,8 +7,14 @@ Each finished episode is appended to ``results.jsonl`` at once (flushed and fsyn
 with the same ``hydra.run.dir`` skips finished episodes and re-runs failed ones. The report
 (printed, and written to ``report.md``) gives, per task and overall, the Assistant Score with a
 95% bootstrap interval, mean user turns, mean coverage, answer attempts per episode, cost and
-failed episodes. The exit status is 0 when no episode failed, else 3 (and the most common error
-is printed).
+failed episodes.
+
+Before the first episode a preflight (:mod:`userlm_env.preflight`; ``++preflight=false`` turns it
+off) checks the model's key (hosted providers, offline), its ``api_base`` (one ``GET /models``
+request, no retry), local models (offline, nothing loaded) and required settings. Exit status:
+0 when no episode failed; 3 when some failed (the most common error is printed); 2 with one
+``error:`` line naming the variable, URL, setting or model to fix when the run cannot start; 4
+when the spending cap stopped the run. Authentication errors are never retried.
 """
 
 from __future__ import annotations

@@ -7,8 +7,15 @@
 
 Every finished conversation is appended to ``<run dir>/results.jsonl`` as it completes; re-running
 into the same folder runs only the missing and failed ones (:mod:`experiments.episodes`). The
-table goes to ``summary.md`` too. The exit status is 3 when episodes failed, and the most common
-error is printed.
+table goes to ``summary.md`` too.
+
+Before the first episode a preflight (:mod:`userlm_env.preflight`; ``++preflight=false`` turns it
+off) checks what can be checked cheaply: the keys of hosted models, that local models and
+tokenizers resolve offline, and each ``api_base`` with one request. Exit status: 0 when every
+episode succeeded; 3 when episodes failed, with the most common error printed; 2 with one
+``error:`` line naming what to fix when the run cannot start (a missing key, an endpoint that
+does not answer, a model not available offline, a required setting left unset); 4 when the
+spending cap stopped the run.
 """
 
 from __future__ import annotations

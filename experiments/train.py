@@ -9,20 +9,36 @@
 The trained model and tokenizer land in ``train.output_dir`` (default ``<run folder>/model``);
 ``make_simulator("userlm", model=<that folder>)`` simulates users with it. The data splits are
 written next to it, so ``python -m experiments.perplexity`` can score the held-out test split.
+
+Failures: a data, model or config error (:class:`~userlm_env.errors.UserLMEnvError`) prints one
+``error: <message>`` line and exits 1; a ``data.``/``train.`` setting of the wrong type or an
+unknown key is caught before anything loads and exits 2. Under ``accelerate launch`` (torch
+elastic) each failing rank prints ``error (rank N): <message>`` and writes the message to its
+error file, so the launcher's "Root Cause" shows it; other exceptions keep their traceback,
+recorded in that file too (:func:`torch.distributed.elastic.multiprocessing.errors.record`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from userlm_env.errors import UserLMEnvError
+from userlm_env.logs import quiet_libraries
 from userlm_env.training.data import (
     PreparedData,
     Splits,
@@ -31,6 +47,17 @@ from userlm_env.training.data import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Exit status when the data, the model or the config is wrong.
+EXIT_ERROR = 1
+#: Exit status when a ``data.``/``train.`` setting has the wrong type or an unknown key.
+EXIT_USAGE = 2
+# The config nodes built from dataclasses; their settings are checked before anything loads.
+_CHECKED_NODES = ("data", "train", "intents.llm", "intents.config")
+
+
+class SettingError(UserLMEnvError, ValueError):
+    """A setting does not fit its config dataclass (wrong type, unknown key)."""
 
 
 def log_data(prepared: PreparedData) -> None:
@@ -53,15 +80,24 @@ def log_data(prepared: PreparedData) -> None:
 
 
 def add_intents(splits: Splits, intents_cfg: Any) -> Splits:
-    """Write missing intents with the configured LLM (cached, resumable)."""
+    """Write missing intents with the configured LLM (cached, resumable).
+
+    Progress shows as ``[intents]`` lines (a live bar on a terminal); ``intents.progress``
+    may set :class:`~userlm_env.progress.ProgressSettings` fields, e.g.
+    ``+intents.progress.plain_every_items=1000``.
+    """
     from userlm_env.llm import LLMClient
+    from userlm_env.progress import ProgressSettings
     from userlm_env.training.intents import generate_intents
 
     client = LLMClient(instantiate(intents_cfg.llm))
     config = instantiate(intents_cfg.config)
+    progress = ProgressSettings(**(intents_cfg.get("progress") or {}))
     done = []
     for name, part in zip(("train", "validation", "test"), splits, strict=True):
-        with_intents, report = generate_intents(part, client, config)
+        with_intents, report = generate_intents(
+            part, client, config, progress=progress, progress_unit=f"{name} conversation"
+        )
         log.info("%s intents: %s", name, report)
         done.append(with_intents)
     return Splits(*done)
@@ -91,13 +127,97 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Check the ``data``, ``train`` and ``intents`` settings against their dataclasses (types,
+    field names, the dataclass's own checks) before anything loads.
+
+    Raises:
+        SettingError: A setting has the wrong type or is not a field of its dataclass.
+    """
+    for name in _CHECKED_NODES:
+        node = OmegaConf.select(cfg, name, default=None)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        schema = get_class(str(node._target_))
+        if not dataclasses.is_dataclass(schema):
+            continue
+        given = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(given, dict)
+        # null means "the default" for several fields typed without None (output_dir)
+        fields = {k: v for k, v in given.items() if not str(k).startswith("_") and v is not None}
+        try:
+            OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), fields))
+        except OmegaConfBaseException as error:
+            reason = str(getattr(error, "msg", error)).splitlines()[0]
+            key = getattr(error, "full_key", None)
+            raise SettingError(f"{name}.{key}: {reason}" if key else f"{name}: {reason}") from None
+        except ValueError as error:  # the dataclass's own checks (__post_init__)
+            raise SettingError(f"{name}: {error}") from None
+
+
+def _rank() -> int | None:
+    """This process's global rank under a distributed launcher (torch elastic), else None."""
+    rank = os.environ.get("RANK")
+    return int(rank) if rank is not None and "WORLD_SIZE" in os.environ else None
+
+
+def fail(error: BaseException, status: int) -> NoReturn:
+    """Report an expected error in one line and exit with ``status``.
+
+    The line is ``error: <message>`` (``error (rank N): <message>`` under a distributed
+    launcher); under torch elastic the message also goes to the rank's error file
+    (``TORCHELASTIC_ERROR_FILE``), which the launcher prints as the root cause.
+    """
+    rank = _rank()
+    message = " ".join(str(error).split()) or type(error).__name__  # one line
+    prefix = "error" if rank is None else f"error (rank {rank})"
+    print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        record = {"message": f"{type(error).__name__}: {message}", "timestamp": int(time.time())}
+        Path(error_file).write_text(json.dumps(record), encoding="utf-8")
+    sys.exit(status)
+
+
+def train_job(cfg: DictConfig) -> None:
+    """Check the settings, prepare the data, train; write and print the summary."""
+    quiet_libraries(verbose=bool(cfg.get("verbose", False) or HydraConfig.get().verbose))
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_settings(cfg)
+        summary = run(cfg, out_dir)
+    except SettingError as error:
+        fail(error, EXIT_USAGE)
+    except InstantiationException as error:  # a config object that did not build
+        cause = error.__cause__
+        if isinstance(cause, UserLMEnvError):
+            fail(cause, EXIT_ERROR)
+        if isinstance(cause, TypeError | ValueError):
+            fail(SettingError(str(error)), EXIT_USAGE)
+        raise
+    except UserLMEnvError as error:
+        fail(error, EXIT_ERROR)
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+def _recorded(job: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """``job`` under torch elastic's ``@record``: an unexpected exception's traceback goes to the
+    rank's error file (a no-op outside torch elastic). torch is imported only when it runs, so
+    ``--help`` stays quick."""
+
+    def recorded(cfg: DictConfig) -> None:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(job)(cfg)
+
+    return recorded
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run(cfg, out_dir)
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary))
+    _recorded(train_job)(cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from userlm_env.errors import UnknownNameError
+from userlm_env.estimate import CallBudget, client_budget
 from userlm_env.llm import LLMClient, LLMConfig
 from userlm_env.types import Message
 
@@ -51,6 +52,8 @@ class ChatModelConfig:
     max_retries: int = 4  # litellm: retries of a failed request
     concurrency: int = 8  # litellm: requests in flight at once
     extra_body: dict[str, Any] = field(default_factory=dict)  # litellm: server-only fields
+    input_usd_per_mtok: float | None = None  # litellm: USD per million prompt tokens (None: map)
+    output_usd_per_mtok: float | None = None  # litellm: USD per million generated tokens
     batch_size: int = 16  # hf: rows per generate call
     dtype: str | None = None  # hf: model dtype name; None = float32 on CPU, bfloat16 on GPU
     device: str | None = None  # hf: torch device; None = cuda when available, else cpu
@@ -71,6 +74,10 @@ class ChatBackend(Protocol):
 
     def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]: ...
 
+    def call_budget(self, calls_per_turn: int, *, sees_history: bool = True) -> CallBudget:
+        """What ``calls_per_turn`` generations per turn call (:mod:`userlm_env.estimate`)."""
+        ...
+
 
 class LiteLLMBackend:
     """Chat completions through the project's single LiteLLM wrapper."""
@@ -86,6 +93,17 @@ class LiteLLMBackend:
     def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
         results = self.client.chat_many(conversations, seeds=seeds, **self.params)
         return [result.text for result in results]
+
+    def llm_clients(self) -> list[LLMClient]:
+        """The backend's client (for spend accounting: :mod:`userlm_env.spend`)."""
+        return [self.client]
+
+    def call_budget(self, calls_per_turn: int, *, sees_history: bool = True) -> CallBudget:
+        """Requests of at most ``max_tokens``, retried up to ``max_retries`` times each, at the
+        configured or LiteLLM's price."""
+        return client_budget(
+            self.client.config, calls_per_turn=calls_per_turn, sees_history=sees_history
+        )
 
 
 class HFBackend:
@@ -113,6 +131,16 @@ class HFBackend:
             cfg = self.config
             self._loaded = load_model(self.model_name, dtype=cfg.dtype, device=cfg.device)
         return self._loaded
+
+    def call_budget(self, calls_per_turn: int, *, sees_history: bool = True) -> CallBudget:
+        """In-process generations of at most ``max_tokens`` (loads nothing)."""
+        return CallBudget(
+            self.model_name,
+            local=True,
+            calls_per_turn=calls_per_turn,
+            max_output_tokens=self.config.max_tokens,
+            sees_history=sees_history,
+        )
 
     def generate(self, conversations: list[list[Message]], seeds: list[int]) -> list[str]:
         from userlm_env.generation import generate_rows

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from userlm_env.estimate import CallBudget
 from userlm_env.types import END_MARKER, ConversationState, UserTurn
 
 __all__ = ["HELP", "HumanSimulator"]
@@ -54,6 +55,11 @@ class HumanSimulator:
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """Ask the person for the next turn of each state, in order."""
         return [self._ask(state, index, len(states)) for index, state in enumerate(states)]
+
+    def call_budget(self) -> CallBudget:
+        """No model is called, and a person's turns have no length bound
+        (:mod:`userlm_env.estimate`)."""
+        return CallBudget.without_model("human")
 
     def _ask(self, state: ConversationState, index: int, total: int) -> UserTurn:
         self._show(state, index, total)

@@ -58,10 +58,12 @@ from simulators.prompted import clean_output
 from simulators.sampling import row_seed, with_overrides
 from userlm_env.core import SimulatorError
 from userlm_env.errors import DataError, UnknownNameError
+from userlm_env.estimate import CallBudget
 from userlm_env.metrics.judge import parse_json_object
 from userlm_env.metrics.shards import LexicalShardMatcher, ShardMatcher
 from userlm_env.metrics.text import is_number, tokens
 from userlm_env.resample import Outcome, Verdict, resample
+from userlm_env.spend import llm_clients
 from userlm_env.types import END_MARKER, ConversationState, Intent, Message, Shard, UserTurn
 
 __all__ = [
@@ -148,6 +150,31 @@ class LiCSimulator:
         self.model = model
         self.matcher = matcher or LexicalShardMatcher()
         self.backend = make_backend(model, self.config)
+
+    def llm_clients(self) -> list[Any]:
+        """The LLM clients of the backend (none for a local model): see :mod:`userlm_env.spend`."""
+        return llm_clients(self.backend)
+
+    def call_budget(self) -> CallBudget:
+        """Up to ``max_tries`` generations of ``max_tokens`` per user turn, through the backend
+        (:mod:`userlm_env.estimate`; loads nothing). The ``rule`` policy's prompt holds one
+        shard, not the chat."""
+        llm_policy = self.config.shard_policy == "llm"
+        return self.backend.call_budget(self.config.max_tries, sees_history=llm_policy)
+
+    def prompt_texts(self, intent: Intent) -> list[str]:
+        """The longest prompt besides the chat: the ``llm`` policy's first-turn prompt (every
+        shard listed once), or the ``rule`` policy's rephrasing of the longest shard."""
+        if self.config.shard_policy == "llm":
+            chat = choose_prompt(ConversationState(intent=intent, seed=0))
+        else:
+            chat = rephrase_prompt(max(intent.shards, key=lambda s: len(s.text.encode())))
+        return [message["content"] for message in chat]
+
+    def rule_turns(self, intent: Intent) -> list[str]:
+        """The turn said without the model once every shard is out: the nudge (an end adds
+        no message)."""
+        return [self.config.nudge]
 
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """The next user turn of every state: a rule once every shard is out, else the model's.

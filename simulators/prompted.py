@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 from simulators.chat_backends import ChatModelConfig, make_backend
 from simulators.sampling import row_seed
 from userlm_env.core import SimulatorError
+from userlm_env.estimate import CallBudget
 from userlm_env.resample import Outcome, Verdict, resample
-from userlm_env.types import END_MARKER, ConversationState, Message, UserTurn
+from userlm_env.spend import llm_clients
+from userlm_env.types import END_MARKER, ConversationState, Intent, Message, UserTurn
 
 if TYPE_CHECKING:  # torch-free at import: the HF backend imports its pieces at first use
     pass
@@ -107,6 +109,10 @@ class PromptedSimulator:
         self.model = model
         self.backend = make_backend(model, self.config)
 
+    def llm_clients(self) -> list[Any]:
+        """The LLM clients of the backend (none for a local model): see :mod:`userlm_env.spend`."""
+        return llm_clients(self.backend)
+
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """Return the next user turn of each state; see the module docstring.
 
@@ -121,6 +127,21 @@ class PromptedSimulator:
         rows = [_Row(state) for state in states]
         outcomes = resample(rows, generate, self._vet, tries=self.config.max_tries)
         return [self._finish(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)]
+
+    def call_budget(self) -> CallBudget:
+        """Up to ``max_tries`` generations of ``max_tokens`` per user turn, through the backend
+        (:mod:`userlm_env.estimate`; loads nothing)."""
+        return self.backend.call_budget(self.config.max_tries)
+
+    def prompt_texts(self, intent: Intent) -> list[str]:
+        """The longest prompt besides the transcript: the later-turn one with an empty chat
+        (the first-turn one is shorter)."""
+        cfg = self.config
+        later = _LATER_TURN.format(
+            transcript="", end_rule=_END_RULE.format(marker=cfg.end_marker) if cfg.allow_end else ""
+        )
+        persona = _PERSONA.format(goal=intent.instruction)
+        return [persona + max(later, _FIRST_TURN, key=len)]
 
     def conversation(self, state: ConversationState) -> list[Message]:
         """The chat sent to the model for ``state``: one user message holding the prompt."""

@@ -16,6 +16,12 @@ Both User LM simulators (in-process :mod:`simulators.userlm`, server-backed
   generate again *until* a turn passes; ``max_tries`` bounds that, and its default of 16 was
   chosen from ``benchmarks/guardrail_violations.py``).
 
+A row stops early when a try gives back, character for character, a generation an earlier try
+of the row was rejected for: its samples have stopped varying (with ``top_p`` below 1 a model
+that copies the intent or an earlier turn puts every token in a nucleus of one), and the rest
+of ``max_tries`` would only produce it again. The kept turn says so with
+``metadata["stopped_early"]=True``.
+
 A row that never passes keeps its *best* rejected candidate (``fallback="best"``), ranked by
 :meth:`simulators.guardrails.TurnChecks.fallback_quality`: first an over-long turn cut back at
 its last sentence end within ``max_words`` that then passes every check (kept unflagged, with
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -74,6 +80,8 @@ class UserLMBaseConfig:
     """Sampling settings and guardrails shared by every User LM backend.
 
     Sampling defaults are UserLM-8b's generation config; guardrails follow paper appendix D.1.
+    The in-process simulator starts the embedded model from its own defaults
+    (:func:`simulators.userlm.default_config`).
     """
 
     temperature: float = 0.6  # softmax temperature when sampling
@@ -210,10 +218,18 @@ Generate = Callable[[list[ConversationState], int], Sequence[Generation]]
 
 @dataclass(frozen=True)
 class _Row:
-    """One state to generate a user turn for, and what that turn may not repeat."""
+    """One state to generate a user turn for, what that turn may not repeat, and the
+    generations its tries were rejected for."""
 
     state: ConversationState
     earlier: list[str]
+    rejected: set[str] = field(default_factory=set)
+
+    def seen_before(self, generation: Generation) -> bool:
+        """Whether ``generation`` was rejected before; it is remembered from now on."""
+        again = generation.text in self.rejected
+        self.rejected.add(generation.text)
+        return again
 
     @property
     def first_turn(self) -> bool:
@@ -255,7 +271,7 @@ def respond_with_retries(
         )
         if candidate.reason is None:
             return Verdict.accept(candidate)
-        return _rejected(candidate, row.earlier, config)
+        return _rejected(candidate, row.earlier, config, final=row.seen_before(generation))
 
     rows = [_Row(state, earlier_texts(state)) for state in states]
     outcomes = resample(rows, generate_rows, vet_row, tries=config.tries)
@@ -263,16 +279,18 @@ def respond_with_retries(
 
 
 def _rejected(
-    candidate: Candidate, earlier: Sequence[str], config: UserLMBaseConfig
+    candidate: Candidate, earlier: Sequence[str], config: UserLMBaseConfig, *, final: bool
 ) -> Verdict[Candidate]:
-    """The rejection of ``candidate``, with its fallback ranked (see the module docstring)."""
+    """The rejection of ``candidate``, with its fallback ranked (see the module docstring);
+    ``final`` ends the row's tries."""
+    reason = str(candidate.reason)
     if candidate.ended or not candidate.text:
-        return Verdict.reject(str(candidate.reason))
+        return Verdict.reject(reason, final=final)
     if config.fallback == "last":  # equal quality: the latest fallback is kept
-        return Verdict.reject(str(candidate.reason), fallback=candidate)
+        return Verdict.reject(reason, fallback=candidate, final=final)
     kept = cut_back(candidate, earlier, config)
     quality = config.checks.fallback_quality(kept.text, earlier)
-    return Verdict.reject(str(candidate.reason), fallback=kept, quality=quality)
+    return Verdict.reject(reason, fallback=kept, quality=quality, final=final)
 
 
 def _turn(row: _Row, outcome: Outcome[Candidate], source: str) -> UserTurn:
@@ -280,6 +298,7 @@ def _turn(row: _Row, outcome: Outcome[Candidate], source: str) -> UserTurn:
     if outcome.value is not None:
         return outcome.value.turn(outcome.tries)
     fallback = outcome.fallback
+    early = {"stopped_early": True} if outcome.stopped else {}
     if fallback is None:
         raise LLMCallError(
             f"{source} produced no usable text for {row.state.intent.intent_id!r} in "
@@ -287,8 +306,8 @@ def _turn(row: _Row, outcome: Outcome[Candidate], source: str) -> UserTurn:
             attempts=outcome.tries,
         )
     if fallback.reason is None:  # a sentence cut that passes every check
-        return fallback.turn(outcome.tries)
-    return fallback.turn(outcome.tries, guardrail_failed=fallback.reason)
+        return fallback.turn(outcome.tries, **early)
+    return fallback.turn(outcome.tries, guardrail_failed=fallback.reason, **early)
 
 
 #: Generates one group of rows: ``(states, attempt, first_turn) -> one Generation per state``.

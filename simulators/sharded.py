@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from userlm_env.errors import UnknownNameError
+from userlm_env.estimate import CallBudget
 from userlm_env.types import END_MARKER, ConversationState, Intent, Shard, UserTurn
 
 __all__ = [
@@ -100,6 +101,22 @@ class ShardedSimulator:
     def respond(self, states: Sequence[ConversationState]) -> list[UserTurn]:
         """The next user turn of every state."""
         return [self._next_turn(state) for state in states]
+
+    def call_budget(self) -> CallBudget:
+        """No model is called (:mod:`userlm_env.estimate`); :meth:`rule_turns` bounds its turns."""
+        return CallBudget.without_model("rule-based")
+
+    def rule_turns(self, intent: Intent) -> list[str]:
+        """Texts at least as long as each turn it can say for ``intent``: the opening, every
+        shard (all of them at once when it restates), and the nudge."""
+        cfg = self.config
+        if cfg.opening == "full":
+            texts = [intent.instruction]
+        elif cfg.opening == "concat" or cfg.strategy != "plain":
+            texts = [stated(intent.shards)]  # a restating turn says at most every shard
+        else:
+            texts = [stated([shard]) for shard in intent.shards]
+        return [*texts, cfg.nudge]
 
     def _next_turn(self, state: ConversationState) -> UserTurn:
         if not state.user_turns and self.config.opening != "shard":

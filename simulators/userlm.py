@@ -35,6 +35,13 @@ becomes ``UserTurn(END_MARKER, ended=True)``. When the marker appears after some
 before it is kept as an ordinary turn (``metadata["end_marker_cut"]=True``) and the marker is
 dropped: the user spoke, and may end at their next turn.
 
+Defaults: :class:`UserLMConfig`'s defaults are UserLM-8b's generation config and the paper's
+guardrails (the ``userlm_8b`` config). A simulator of the embedded model
+(``"smollm2-135m-instruct"``) starts from :data:`EMBEDDED_SETTINGS` instead, the values of the
+``userlm_embedded`` config, so ``make_simulator("userlm", model="smollm2-135m-instruct")`` behaves
+as ``simulator=userlm_embedded`` does (:func:`default_config`). A ``config`` or keyword
+overrides win over both.
+
 Seeding: sampling is done by :class:`~userlm_env.generation.SeededSampler` (importable from
 here too), the last logits processor, with one ``torch.Generator`` per row seeded by
 :func:`simulators.sampling.row_seed` (the state's turn seed and the try index); ``generate``
@@ -48,7 +55,8 @@ generation config) is worked out once, at first use, not on every call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -71,11 +79,33 @@ from simulators.sampling import (
     with_overrides,
 )
 from userlm_env.chat_format import end_of_turn_token_ids, render_user_prompt
+from userlm_env.estimate import CallBudget
 from userlm_env.generation import Sampling, SeededSampler, generate_rows
-from userlm_env.models import LoadedModel, load_model
-from userlm_env.types import ConversationState, UserTurn
+from userlm_env.models import EMBEDDED_MODEL, LoadedModel, load_model
+from userlm_env.types import ConversationState, Intent, UserTurn
 
-__all__ = ["Candidate", "SeededSampler", "UserLMConfig", "UserLMSimulator", "vet"]
+__all__ = [
+    "EMBEDDED_SETTINGS",
+    "Candidate",
+    "SeededSampler",
+    "UserLMConfig",
+    "UserLMSimulator",
+    "default_config",
+    "vet",
+]
+
+#: Where the embedded model's defaults differ from UserLM-8b's: its turns are cut at 40 tokens
+#: (``max_words`` ends a turn sooner on its prose; the cap bounds code it copies from the intent).
+#: ``experiments/conf/simulator/userlm_embedded.yaml`` holds the same values.
+EMBEDDED_SETTINGS: Mapping[str, Any] = {"max_new_tokens": 40}
+
+
+def default_config(model_name: str) -> UserLMConfig:
+    """The settings a simulator of ``model_name`` starts from: :data:`EMBEDDED_SETTINGS` for the
+    embedded model, UserLM-8b's (:class:`UserLMConfig`'s defaults) for any other."""
+    if model_name == EMBEDDED_MODEL:
+        return dataclasses.replace(UserLMConfig(), **EMBEDDED_SETTINGS)
+    return UserLMConfig()
 
 
 @dataclass(frozen=True)
@@ -97,7 +127,8 @@ class UserLMSimulator:
         model: A model name for :func:`userlm_env.models.load_model` (hub id, local path, or
             ``"smollm2-135m-instruct"``), loaded at first use, or an already
             :class:`LoadedModel`.
-        config: Generation and guardrail settings; ``overrides`` replace single fields.
+        config: Generation and guardrail settings (``None``: :func:`default_config` of the
+            model); ``overrides`` replace single fields.
     """
 
     def __init__(
@@ -106,8 +137,8 @@ class UserLMSimulator:
         config: UserLMConfig | None = None,
         **overrides: Any,
     ) -> None:
-        self.config = with_overrides(config or UserLMConfig(), overrides)
         self.model_name = model.name if isinstance(model, LoadedModel) else model
+        self.config = with_overrides(config or default_config(self.model_name), overrides)
         self._loaded = model if isinstance(model, LoadedModel) else None
 
     @property
@@ -129,6 +160,21 @@ class UserLMSimulator:
     def prompt(self, state: ConversationState) -> str:
         """The text the model continues for ``state``."""
         return render_user_prompt(self.loaded.tokenizer, state.intent.system_prompt, state.messages)
+
+    def call_budget(self) -> CallBudget:
+        """In-process: up to ``tries`` generations of ``max_new_tokens`` per user turn
+        (:mod:`userlm_env.estimate`; loads nothing)."""
+        cfg = self.config
+        return CallBudget(
+            self.model_name,
+            local=True,
+            calls_per_turn=cfg.tries,
+            max_output_tokens=cfg.max_new_tokens,
+        )
+
+    def prompt_texts(self, intent: Intent) -> list[str]:
+        """The prompt besides the conversation: the intent as the system message."""
+        return [intent.system_prompt]
 
     # --- generation ---------------------------------------------------------------------------
 

@@ -73,9 +73,10 @@ from simulators.sampling import (
     with_overrides,
 )
 from userlm_env.chat_format import render_user_prompt, user_turn_suffix
+from userlm_env.estimate import CallBudget, client_budget
 from userlm_env.llm import LLMClient, LLMConfig, LLMResult
 from userlm_env.models import load_tokenizer
-from userlm_env.types import ConversationState, UserTurn
+from userlm_env.types import ConversationState, Intent, UserTurn
 
 __all__ = ["UserLMServerConfig", "UserLMServerSimulator", "parse_completion"]
 
@@ -102,6 +103,8 @@ class UserLMServerConfig(UserLMBaseConfig):
     max_retries: int = 2  # retries of a failed request (timeouts, connection errors, 5xx)
     concurrency: int = 8  # requests in flight at once
     suppress_end_with_logit_bias: bool = True  # ban a forbidden marker server-side too
+    input_usd_per_mtok: float | None = None  # price per million prompt tokens (None: LiteLLM's)
+    output_usd_per_mtok: float | None = None  # price per million generated tokens
     extra_body: dict[str, Any] = field(default_factory=_default_extra_body)  # server-only fields
 
 
@@ -186,7 +189,26 @@ class UserLMServerSimulator:
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             concurrency=cfg.concurrency,
+            input_usd_per_mtok=cfg.input_usd_per_mtok,
+            output_usd_per_mtok=cfg.output_usd_per_mtok,
         )
+
+    def llm_clients(self) -> list[LLMClient]:
+        """The client of the server (for spend accounting: :mod:`userlm_env.spend`)."""
+        return [self.client]
+
+    def call_budget(self) -> CallBudget:
+        """Up to ``tries`` requests of ``max_new_tokens`` per user turn, each retried up to
+        ``max_retries`` times, at the configured or LiteLLM's price (:mod:`userlm_env.estimate`;
+        loads no tokenizer)."""
+        cfg = self.config
+        return client_budget(
+            self.client.config, calls_per_turn=cfg.tries, max_output_tokens=cfg.max_new_tokens
+        )
+
+    def prompt_texts(self, intent: Intent) -> list[str]:
+        """The prompt besides the conversation: the intent as the system message."""
+        return [intent.system_prompt]
 
     @cached_property
     def _stop(self) -> list[str]:

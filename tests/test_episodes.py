@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -67,3 +70,19 @@ def test_common_error_counts_only_episodes_that_failed_last() -> None:
     assert common_error(records) == "most common error (2 of 3): LLMCallError: timed out"
     assert common_error([{"key": "a", "error": "x" * 500}], limit=10).endswith("x" * 10 + "...")
     assert common_error([{"key": "a", "error": None}]) == "no failed episode"
+
+
+def test_a_failing_sweep_job_does_not_stop_the_jobs_after_it(tmp_path: Path) -> None:
+    """gsm8k without a data file cannot start (exit 2 on its own); in a sweep it must not end
+    the process before the next job runs, and the sweep must still end non-zero."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "experiments.simulate", "-m", "intents=gsm8k,tiny"]
+    command += ["simulator=sharded", "assistant=oracle", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert "sweep job 0" in result.stderr and "ended with status 2" in result.stderr
+    (later,) = [p for p in tmp_path.iterdir() if p.is_dir() and "tiny" in p.name]
+    records = read_records(later / "results.jsonl")
+    assert len(records) == 4 and all(r["error"] is None for r in records)

@@ -58,7 +58,8 @@ def test_scores_a_litellm_model_string_against_the_real_server(
     result = _run(_score_command(llama_server.api_base, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     records = _records(tmp_path)
-    assert sorted(r["task"] for r in records) == ["gsm8k", "gsm8k", "humaneval", "humaneval"]
+    tasks = sorted(r["task"] for r in records)
+    assert tasks == ["gsm_symbolic", "gsm_symbolic", "humaneval", "humaneval"]
     assert all(r["error"] is None and r["user_turns"] >= 1 for r in records)
     assert all(m["content"] for r in records for m in r["messages"])
     assert "assistant_score" in result.stdout and "ci95_low" in result.stdout

@@ -64,3 +64,8 @@ class LLMCallError(UserLMEnvError, RuntimeError):
 
 class SandboxUnavailableError(UserLMEnvError, RuntimeError):
     """No isolation mechanism is available and unisolated execution was not opted into."""
+
+
+class SpendCapError(UserLMEnvError, ValueError):
+    """A spending cap cannot be enforced (a model has no known price); the message says how
+    to give one."""

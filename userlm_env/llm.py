@@ -9,9 +9,16 @@
 * **timeouts**: ``timeout_s`` goes with every request and is also enforced as a deadline;
 * **retries** (:mod:`userlm_env.retry`): exponential backoff with full jitter on 429
   (honouring ``Retry-After``), 408/409/425, 5xx, timeouts, connection errors and malformed
-  responses, never on other 4xx. LiteLLM's own retries are off so counts are exact; giving up
-  raises :class:`~userlm_env.errors.LLMCallError` with ``attempts`` and ``last_error``;
-* **cost** from LiteLLM's local price map (``None`` when the model is unpriced);
+  responses, never on other 4xx and never on authentication errors (a missing or refused key,
+  even when LiteLLM reports it as a 500), nor at all for a hosted model whose key variable is
+  not set. LiteLLM's own retries are off so counts are exact; giving up raises
+  :class:`~userlm_env.errors.LLMCallError` with ``attempts`` and ``last_error``, whose message
+  names the endpoint (``api_base``) and, for an authentication error, how to give a key;
+* **one log line per retry storm** (:mod:`userlm_env.retry_log`): the first retry after a
+  quiet spell logs a WARNING on the ``userlm_env.llm`` logger; the retries that follow it
+  closely are only counted (``stats.retries``, ``retry_log.summary()``);
+* **cost** from the config's price (``input_usd_per_mtok``/``output_usd_per_mtok`` and the
+  reported usage) or LiteLLM's local price map (``None`` when the model is unpriced);
 * an optional **disk cache** (:class:`~userlm_env.json_cache.JsonCache`) keyed by everything
   that shapes the answer.
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import threading
 import weakref
@@ -42,18 +50,24 @@ from userlm_env.llm_response import (
 from userlm_env.llm_transport import (
     PLACEHOLDER_API_KEY,
     LoopResources,
+    key_hint,
     load_litellm,
+    missing_api_keys,
     resolve_api_key,
     sized_openai_client,
 )
 from userlm_env.llm_types import ChatClient, LLMConfig, LLMResult, LLMStats
-from userlm_env.retry import Backoff, GaveUpError, call_with_retries
+from userlm_env.pricing import Price, configured_price
+from userlm_env.retry import Backoff, GaveUpError, call_with_retries, is_auth_error, is_retryable
+from userlm_env.retry_log import RetryStormLog
 from userlm_env.types import Message
 
 # Must be set before LiteLLM is first imported, or it fetches its price map from the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 __all__ = ["PLACEHOLDER_API_KEY", "ChatClient", "LLMClient", "LLMConfig", "LLMResult", "LLMStats"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,10 +88,17 @@ class LLMClient:
     ``complete_many`` are synchronous and clean up after themselves; they work whether or not
     the calling thread already runs an event loop (if it does, they run in a helper thread).
     The concurrency limit holds per event loop.
+
+    Args:
+        config: The model and how to call it.
+        retry_log: Counts retries and logs one line per retry storm (default: a
+            :class:`~userlm_env.retry_log.RetryStormLog` of this model and endpoint logging to
+            the ``userlm_env.llm`` logger); kept as :attr:`retry_log`.
     """
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, *, retry_log: RetryStormLog | None = None) -> None:
         self.config = config
+        self.retry_log = retry_log or RetryStormLog(config.model, config.api_base, logger=_log)
         self._stats = LLMStats()
         self._lock = threading.Lock()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopResources] = (
@@ -208,11 +229,12 @@ class LLMClient:
                 attempt,
                 max_retries=self.config.max_retries,
                 backoff=self._backoff,
-                on_retry=lambda _: self._bump(retries=1),
+                on_retry=self._on_retry,
+                retryable=self._retryable,
             )
         except GaveUpError as gave_up:
             self._bump(failures=1)
-            raise _call_error(self.config.model, gave_up) from gave_up.last_error
+            raise self._call_error(gave_up) from gave_up.last_error
 
     async def _attempt(self, request: _Request, resources: LoopResources) -> LLMResult:
         litellm = load_litellm()
@@ -221,8 +243,10 @@ class LLMClient:
         deadline = self.config.timeout_s * 1.25 + 1.0  # litellm's timeout should fire first
         async with asyncio.timeout(deadline):
             response = await send(**kwargs)
-        cost = response_cost(litellm, response, request.kind)
-        return parse_response(response, request.kind, cost)
+        price = self._configured_price
+        cost = response_cost(litellm, response, request.kind) if price is None else None
+        result = parse_response(response, request.kind, cost)
+        return result if price is None else replace(result, cost=price.cost(result.usage))
 
     def _litellm_kwargs(self, request: _Request, resources: LoopResources) -> dict[str, Any]:
         cfg = self.config
@@ -252,10 +276,48 @@ class LLMClient:
         return resources
 
     @functools.cached_property
+    def _configured_price(self) -> Price | None:
+        """The price given in the config, which replaces LiteLLM's (``None``: not given)."""
+        return configured_price(self.config.input_usd_per_mtok, self.config.output_usd_per_mtok)
+
+    def llm_clients(self) -> list[LLMClient]:
+        """This client (so a client counts as a component that spends: :mod:`userlm_env.spend`)."""
+        return [self]
+
+    @functools.cached_property
     def _api_key(self) -> str | None:
         """The key sent with every call (see :func:`~userlm_env.llm_transport.resolve_api_key`)."""
         cfg = self.config
         return resolve_api_key(cfg.model, cfg.api_base, cfg.api_key)
+
+    @functools.cached_property
+    def _missing_keys(self) -> list[str]:
+        """The key variables a hosted provider needs and the environment lacks (offline)."""
+        cfg = self.config
+        return missing_api_keys(cfg.model, cfg.api_base, self._api_key)
+
+    def _retryable(self, error: BaseException) -> bool:
+        """Transient errors only (:func:`~userlm_env.retry.is_retryable`), and none at all
+        when the provider's key variable is missing: that failure does not heal with time."""
+        return not self._missing_keys and is_retryable(error)
+
+    def _call_error(self, gave_up: GaveUpError) -> LLMCallError:
+        """An :class:`LLMCallError` carrying ``last_error`` and ``attempts``; its message names
+        the model, the endpoint and, for a credential problem, how to give a key."""
+        cfg, error, attempts = self.config, gave_up.last_error, gave_up.attempts
+        where = f"{cfg.model!r} at {cfg.api_base}" if cfg.api_base else repr(cfg.model)
+        head = f"LLM call to {where} failed after {attempts} attempt(s)"
+        if self._missing_keys or is_auth_error(error):
+            setting = "the api_key setting (e.g. assistant.api_key=...)"
+            hint = key_hint(cfg.model, cfg.api_base, self._api_key, setting=setting)
+            head += f"; authentication failed and is not retried ({hint})"
+        return LLMCallError(
+            f"{head}: {type(error).__name__}: {error}", attempts=attempts, last_error=error
+        )
+
+    def _on_retry(self, error: Exception) -> None:
+        self._bump(retries=1)
+        self.retry_log.record(error)
 
     def _bump(self, **deltas: int) -> None:
         with self._lock:
@@ -285,14 +347,3 @@ def _check_seeds(seeds: Sequence[int | None] | None, n: int) -> list[int | None]
     if len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for {n} inputs; pass one seed per input")
     return list(seeds)
-
-
-def _call_error(model: str, gave_up: GaveUpError) -> LLMCallError:
-    """An :class:`LLMCallError` carrying ``last_error`` and ``attempts``."""
-    error, attempts = gave_up.last_error, gave_up.attempts
-    return LLMCallError(
-        f"LLM call to {model!r} failed after {attempts} attempt(s): {type(error).__name__}: "
-        f"{error}",
-        attempts=attempts,
-        last_error=error,
-    )

@@ -4,6 +4,8 @@
 * :func:`provider_of` asks LiteLLM which provider serves a model string.
 * :func:`resolve_api_key` picks the key sent with every call; an OpenAI-compatible local
   server with no key anywhere gets :data:`PLACEHOLDER_API_KEY`.
+* :func:`missing_api_keys` names the environment variables a hosted provider needs and lacks
+  (checked offline); :func:`key_hint` says how to give a key, for error messages.
 * :func:`sized_openai_client` builds an ``AsyncOpenAI`` client whose httpx pool holds as many
   connections as the client allows requests in flight (for providers LiteLLM serves through
   the OpenAI SDK, which accept it as LiteLLM's ``client=`` hook).
@@ -19,11 +21,15 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from userlm_env.logs import import_litellm
+
 __all__ = [
     "OPENAI_SDK_PROVIDERS",
     "PLACEHOLDER_API_KEY",
     "LoopResources",
+    "key_hint",
     "load_litellm",
+    "missing_api_keys",
     "provider_of",
     "resolve_api_key",
     "sized_openai_client",
@@ -58,13 +64,11 @@ class LoopResources:
 def load_litellm() -> ModuleType:
     """Import LiteLLM once, quietly (its import costs seconds).
 
-    Set ``LITELLM_LOCAL_MODEL_COST_MAP`` before (:mod:`userlm_env.llm` does), or LiteLLM
-    fetches its price map from the network.
+    Its loggers stay at WARNING unless a level was set on them, and print each record once
+    (see :func:`userlm_env.logs.import_litellm`). Set ``LITELLM_LOCAL_MODEL_COST_MAP`` before
+    (:mod:`userlm_env.llm` does), or LiteLLM fetches its price map from the network.
     """
-    import litellm
-
-    litellm.suppress_debug_info = True  # no "Give Feedback" banners on every exception
-    return litellm
+    return import_litellm()
 
 
 def provider_of(model: str, api_base: str | None) -> tuple[str | None, str | None]:
@@ -95,6 +99,49 @@ def resolve_api_key(model: str, api_base: str | None, api_key: str | None) -> st
     if keyless_local and not os.environ.get("OPENAI_API_KEY"):
         return PLACEHOLDER_API_KEY
     return None
+
+
+def missing_api_keys(model: str, api_base: str | None, api_key: str | None) -> list[str]:
+    """The key variables a hosted provider of ``model`` needs and the environment lacks.
+
+    Asks LiteLLM's offline ``validate_environment``, for a model with neither a configured key
+    nor an ``api_base`` (an endpoint of one's own is checked by asking it, not here). Only
+    variables named ``*_API_KEY`` or ``*_API_TOKEN`` count: the others it lists (AWS and Vertex
+    credentials, ``OLLAMA_API_BASE``) have other sources or defaults. When several are listed
+    (Gemini: ``GEMINI_API_KEY`` and ``GOOGLE_API_KEY``), any one of them would do.
+
+    Returns:
+        The missing variable names, sorted; empty when nothing is known to be missing.
+    """
+    if api_key or api_base:
+        return []
+    try:
+        verdict = load_litellm().validate_environment(model=model)
+    except Exception:  # a model string LiteLLM cannot parse: the call itself will report it
+        return []
+    names = verdict.get("missing_keys") or []
+    return sorted({str(n) for n in names if str(n).endswith(("_API_KEY", "_API_TOKEN"))})
+
+
+def key_hint(model: str, api_base: str | None, api_key: str | None, *, setting: str) -> str:
+    """How to give ``model`` a key that works, for error messages.
+
+    Args:
+        model, api_base, api_key: The client's settings.
+        setting: Where a key is configured, as the message should name it (e.g.
+            ``"assistant.api_key=..."``).
+
+    Returns:
+        ``"set X, or give the key as <setting>"`` naming the missing variables
+        (:func:`missing_api_keys`), else ``"check the key given as <setting>"`` (and
+        ``OPENAI_API_KEY`` for providers served through the OpenAI SDK).
+    """
+    missing = missing_api_keys(model, api_base, api_key)
+    if missing:
+        return f"set {' or '.join(missing)}, or give the key as {setting}"
+    if provider_of(model, api_base)[0] in OPENAI_SDK_PROVIDERS:
+        return f"check the key given as {setting} or in OPENAI_API_KEY"
+    return f"check the key given as {setting} or in the provider's key variable"
 
 
 def sized_openai_client(

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from userlm_env.pricing import configured_price
 from userlm_env.types import Message
 
 __all__ = ["ChatClient", "LLMConfig", "LLMResult", "LLMStats"]
@@ -63,8 +64,11 @@ class LLMConfig:
     concurrency: int = 8  # max requests in flight (and the HTTP connection pool size)
     cache_dir: str | None = None  # optional on-disk cache of successful results
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to litellm (stop...)
+    input_usd_per_mtok: float | None = None  # price per million prompt tokens (None: LiteLLM's)
+    output_usd_per_mtok: float | None = None  # price per million generated tokens (None: LiteLLM's)
 
     def __post_init__(self) -> None:
+        configured_price(self.input_usd_per_mtok, self.output_usd_per_mtok)  # raises if half given
         checks = {
             "model must be a non-empty string": isinstance(self.model, str) and self.model,
             "timeout_s must be > 0": self.timeout_s > 0,

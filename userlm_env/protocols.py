@@ -9,7 +9,8 @@ calls (it lives in :class:`~userlm_env.types.ConversationState`).
 * :class:`Assistant`: the agent. It reads what a real assistant reads, message lists, never the
   intent or its reference; scripted assistants that need the answer key are given the intents
   when built and look them up by the intent id the env publishes in ``info["intent_id"]``.
-* :class:`Scorer`: the verifiable reward of one task (``"gsm8k"``, ``"humaneval"``).
+* :class:`Scorer`: the verifiable reward of one task (``"gsm8k"``, ``"gsm_symbolic"``,
+  ``"humaneval"``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from userlm_env.types import Intent
 
 __all__ = ["EpisodeRecord", "JsonlWriter", "intent_summary", "latest_by_key", "read_records"]
 
+_SYMBOLIC_PREFIX = "gsm_symbolic/"  # the intent ids of load_gsm_symbolic
+
 
 @dataclass
 class EpisodeRecord:
@@ -90,17 +92,32 @@ class JsonlWriter:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (a crash mid-write) is ignored."""
+    """Records of a results file; a torn last line (a crash mid-write) is ignored.
+
+    Records of older versions read as this one writes them: GSM-Symbolic episodes, once recorded
+    under the task ``"gsm8k"`` that scored them, carry their own task ``"gsm_symbolic"``.
+    """
     path = Path(path)
     if not path.exists():
         return []
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            records.append(_current(json.loads(line)))
         except json.JSONDecodeError:
             continue
     return records
+
+
+def _current(record: Any) -> Any:
+    """``record`` with the task this version gives its intent (see :func:`read_records`)."""
+    if (
+        isinstance(record, dict)
+        and record.get("task") == "gsm8k"
+        and str(record.get("intent_id", "")).startswith(_SYMBOLIC_PREFIX)
+    ):
+        record["task"] = "gsm_symbolic"
+    return record
 
 
 def latest_by_key(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -8,8 +8,10 @@ the core's first-turn retry (a user may not end a conversation before speaking).
 :func:`resample` calls ``generate`` once per try for the rows still pending (a batch: one
 simulator or client call serves them all), hands each row's output to ``vet``, and keeps the
 accepted value of each row. A rejected output may still be kept as a *fallback* (``vet`` ranks
-fallbacks with ``quality``: the best one is kept, the latest among equals). What a caller does
-with a row that was never accepted (raise, or return its fallback flagged) is its own choice.
+fallbacks with ``quality``: the best one is kept, the latest among equals), and may be
+*final*: the row is not tried again (``vet`` knows another try would give the same output, say).
+What a caller does with a row that was never accepted (raise, or return its fallback flagged)
+is its own choice.
 
 ``vet`` may change its row (the judges append the feedback for the next try to the row's
 conversation), so rows are usually small mutable objects local to the caller.
@@ -37,12 +39,14 @@ class Verdict(Generic[Value]):
         fallback: For a rejected output: a usable value to fall back on, or ``None``.
         reason: For a rejected output: the rule it broke.
         quality: Ranks fallbacks; the highest is kept (the latest among equals).
+        final: For a rejected output: try this row no more.
     """
 
     value: Value | None = None
     fallback: Value | None = None
     reason: str | None = None
     quality: float = 0.0
+    final: bool = False
 
     @classmethod
     def accept(cls, value: Value) -> Verdict[Value]:
@@ -51,10 +55,16 @@ class Verdict(Generic[Value]):
 
     @classmethod
     def reject(
-        cls, reason: str, fallback: Value | None = None, quality: float = 0.0
+        cls,
+        reason: str,
+        fallback: Value | None = None,
+        quality: float = 0.0,
+        *,
+        final: bool = False,
     ) -> Verdict[Value]:
-        """The output broke ``reason``; ``fallback`` may be kept if nothing better comes."""
-        return cls(fallback=fallback, reason=reason, quality=quality)
+        """The output broke ``reason``; ``fallback`` may be kept if nothing better comes;
+        ``final`` stops trying the row."""
+        return cls(fallback=fallback, reason=reason, quality=quality, final=final)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Outcome(Generic[Value]):
         fallback_reason: The rule the fallback broke.
         tries: Outputs generated for this row.
         reasons: The rule each rejected output broke, in order.
+        stopped: A final rejection ended the row's tries before the budget did.
     """
 
     value: Value | None = None
@@ -74,12 +85,18 @@ class Outcome(Generic[Value]):
     fallback_reason: str | None = None
     tries: int = 0
     reasons: list[str] = field(default_factory=list)
+    stopped: bool = False
     _fallback_quality: float = float("-inf")
 
     @property
     def accepted(self) -> bool:
         """Whether some output passed."""
         return self.value is not None
+
+    @property
+    def done(self) -> bool:
+        """Whether the row is tried no more: accepted, or stopped by a final rejection."""
+        return self.accepted or self.stopped
 
     @property
     def last_reason(self) -> str | None:
@@ -93,6 +110,7 @@ class Outcome(Generic[Value]):
             self.value = verdict.value
             return
         self.reasons.append(verdict.reason or "rejected")
+        self.stopped = verdict.final
         if verdict.fallback is not None and verdict.quality >= self._fallback_quality:
             self.fallback, self._fallback_quality = verdict.fallback, verdict.quality
             self.fallback_reason = verdict.reason
@@ -105,7 +123,8 @@ def resample(
     *,
     tries: int,
 ) -> list[Outcome[Value]]:
-    """Generate for every row, vet, and generate again for the rejected rows only.
+    """Generate for every row, vet, and generate again for the rejected rows only (not for
+    those whose rejection was final).
 
     Args:
         rows: What to generate for, one output each per try.
@@ -123,7 +142,7 @@ def resample(
         raise ValueError(f"tries must be >= 1, got {tries}")
     outcomes: list[Outcome[Value]] = [Outcome() for _ in rows]
     for attempt in range(tries):
-        pending = [i for i, outcome in enumerate(outcomes) if not outcome.accepted]
+        pending = [i for i, outcome in enumerate(outcomes) if not outcome.done]
         if not pending:
             break
         outputs = generate([rows[i] for i in pending], attempt)

@@ -2,7 +2,11 @@
 
 * :func:`is_retryable` says which errors are transient: timeouts, connection errors,
   :class:`TransientError` (e.g. a malformed reply), HTTP 408/409/425/429 and 5xx; never other
-  4xx, nor errors without a status.
+  4xx, nor errors without a status, nor authentication errors (:func:`is_auth_error`), whatever
+  status they carry.
+* :func:`is_auth_error` recognises a refused or missing credential: HTTP 401/403, an
+  ``AuthenticationError`` / ``PermissionDeniedError``, or the OpenAI SDK's own credential error
+  (which LiteLLM re-raises as an HTTP 500 "server error"), anywhere in the error's chain.
 * :func:`retry_after_s` reads the delay a server asked for (``retry-after-ms``, or
   ``Retry-After`` in seconds or as an HTTP date).
 * :class:`Backoff` computes sleeps: exponential with full jitter, capped, and never shorter
@@ -17,16 +21,19 @@ import asyncio
 import email.utils
 import math
 import random
+import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 __all__ = [
+    "AUTH_STATUSES",
     "RETRY_STATUSES",
     "Backoff",
     "GaveUpError",
     "TransientError",
     "call_with_retries",
+    "is_auth_error",
     "is_retryable",
     "parse_delay_s",
     "retry_after_s",
@@ -36,6 +43,10 @@ _T = TypeVar("_T")
 
 #: HTTP statuses worth retrying besides 5xx: request timeout, conflict, too early, rate limit.
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
+#: HTTP statuses of a refused credential: unauthorized, forbidden. Never retried.
+AUTH_STATUSES = frozenset({401, 403})
+#: Class names of the authentication errors of the OpenAI SDK, LiteLLM and other provider SDKs.
+_AUTH_ERROR_NAMES = frozenset({"AuthenticationError", "PermissionDeniedError"})
 
 
 class TransientError(Exception):
@@ -64,14 +75,50 @@ def is_retryable(error: BaseException) -> bool:
 
     Returns:
         ``True`` for timeouts, connection errors, :class:`TransientError` and errors whose
-        ``status_code`` is in :data:`RETRY_STATUSES` or is 5xx; ``False`` otherwise.
+        ``status_code`` is in :data:`RETRY_STATUSES` or is 5xx; ``False`` otherwise, and
+        always ``False`` for an authentication error (:func:`is_auth_error`): a missing or
+        refused key does not heal with time.
     """
+    if is_auth_error(error):
+        return False
     if isinstance(error, TimeoutError | ConnectionError | TransientError):
         return True
     status = getattr(error, "status_code", None)
     if isinstance(status, int) and not isinstance(status, bool):
         return status in RETRY_STATUSES or status >= 500
     return False
+
+
+def is_auth_error(error: BaseException) -> bool:
+    """Whether ``error`` says the credentials are missing or were refused.
+
+    Walks the chain of ``error`` (its ``__cause__`` and ``__context__`` links) for an HTTP
+    status in :data:`AUTH_STATUSES`, an error class named ``AuthenticationError`` or
+    ``PermissionDeniedError``, or an instance of the OpenAI SDK's base ``OpenAIError`` itself
+    (the SDK raises that exact class, never a subclass, for client-side configuration problems
+    such as "Missing credentials"; LiteLLM wraps it in an HTTP 500 error).
+    """
+    openai = sys.modules.get("openai")  # not imported: no OpenAI SDK error can be in the chain
+    sdk_config_error = getattr(openai, "OpenAIError", None)
+    for link in _chain(error):
+        status = getattr(link, "status_code", None)
+        if isinstance(status, int) and status in AUTH_STATUSES:
+            return True
+        if type(link).__name__ in _AUTH_ERROR_NAMES:
+            return True
+        if sdk_config_error is not None and type(link) is sdk_config_error:
+            return True
+    return False
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def retry_after_s(error: BaseException) -> float | None:
@@ -169,6 +216,7 @@ async def call_with_retries(
     max_retries: int,
     backoff: Backoff,
     on_retry: Callable[[Exception], Any] | None = None,
+    retryable: Callable[[BaseException], bool] = is_retryable,
 ) -> _T:
     """Await ``call()`` until it succeeds, retrying retryable errors after a backoff sleep.
 
@@ -177,6 +225,7 @@ async def call_with_retries(
         max_retries: Attempts allowed after the first one (``>= 0``).
         backoff: Sleep lengths between attempts.
         on_retry: Told each error that is about to be retried.
+        retryable: Says which errors are worth another attempt (default :func:`is_retryable`).
 
     Returns:
         What the first successful attempt returned.
@@ -193,7 +242,7 @@ async def call_with_retries(
         try:
             return await call()
         except Exception as error:
-            if attempts > max_retries or not is_retryable(error):
+            if attempts > max_retries or not retryable(error):
                 raise GaveUpError(error, attempts) from error
             if on_retry is not None:
                 on_retry(error)

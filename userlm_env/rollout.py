@@ -115,8 +115,13 @@ def run_episodes(
     batch_size: int = 16,
     on_done: Callable[[EpisodeRecord], None] | None = None,
     metrics: EpisodeMetricsConfig | None = None,
+    may_start: Callable[[], bool] | None = None,
 ) -> list[EpisodeRecord]:
     """Run every job to its end and return the records in completion order.
+
+    ``may_start`` is asked before new episodes are started; once it says ``False`` (a spending
+    cap reached), no further job starts and the episodes in flight run to their end, so every
+    started episode has its record and the jobs left are exactly those never started.
 
     A failure confined to one episode (an assistant row that came back with an error, a
     simulator call that fails for that conversation alone) ends that episode with ``error`` set;
@@ -127,6 +132,10 @@ def run_episodes(
     queue = list(jobs)
     queue.reverse()
     while queue or runner.active:
+        if queue and may_start is not None and not may_start():
+            queue.clear()
+            if not runner.active:
+                break
         fresh = [queue.pop() for _ in range(min(batch_size - len(runner.active), len(queue)))]
         runner.start(fresh)
         runner.step()

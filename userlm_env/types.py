@@ -63,7 +63,9 @@ class Intent:
     """A task the simulated user pursues.
 
     Attributes:
-        task: Name of the verifiable task that scores replies (``"gsm8k"`` or ``"humaneval"``).
+        task: The task the intent comes from (``"gsm8k"``, ``"gsm_symbolic"``, ``"humaneval"``):
+            its name in every table, and the name its scorer is registered under
+            (:data:`userlm_env.tasks.SCORERS`).
         intent_id: Stable identifier, e.g. ``"HumanEval/0"``, ``"gsm8k/17"``.
         instruction: The fully specified, single-turn instruction.
         shards: The sharded instruction; together the shards carry ``instruction``.

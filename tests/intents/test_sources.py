@@ -121,7 +121,7 @@ def test_gsm_symbolic_strips_the_format_instruction_and_keeps_the_answer() -> No
     intents = load_gsm_symbolic(n=12, seed=3)
     assert [i.intent_id for i in intents] == [f"gsm_symbolic/3-{i}" for i in range(12)]
     for intent in intents:
-        assert intent.task == "gsm8k"
+        assert intent.task == "gsm_symbolic"  # its own name; scored like gsm8k
         assert "final answer" not in intent.instruction
         assert "units" not in " ".join(s.text for s in intent.shards)
         assert ANSWER.fullmatch(intent.reference["answer"])

@@ -140,7 +140,8 @@ def test_cut_to_sentence_keeps_the_longest_complete_start() -> None:
 
 def test_only_failing_rows_are_regenerated_up_to_the_budget() -> None:
     budget = UserLMBaseConfig().max_tries
-    script = {0: [OK], 1: [SHORT, OK], 2: [RAMBLE] * budget}
+    # row 2's texts differ: a row that gives back a text it was rejected for stops sooner
+    script = {0: [OK], 1: [SHORT, OK], 2: [f"{RAMBLE} {i}" for i in range(budget)]}
     backend = _Scripted(script)
     states = [ConversationState(INTENT, seed=seed, messages=list(HISTORY)) for seed in script]
     turns = respond_with_retries(states, backend, UserLMBaseConfig())

@@ -277,6 +277,25 @@ def test_retry_loop_raises_only_when_every_candidate_is_empty_and_greedy_tries_o
     assert len(greedy.calls) == 1 and turn.metadata["guardrail_failed"] == "too_short"
 
 
+def test_a_row_that_gives_back_a_rejected_text_stops_trying() -> None:
+    # issue 15: a model copying an earlier turn samples the same text whatever the seed; the
+    # other 14 tries of max_tries=16 would only have produced it again
+    earlier = "how many apples are left now"
+    stuck = _Scripted({0: [earlier] * 16})
+    varied = _Scripted({1: ["no", "nope", "still no", *[f"n{i}" for i in range(13)]]})
+    state = ConversationState(INTENTS[0], seed=0)
+    state.messages += [{"role": "user", "content": earlier}, {"role": "assistant", "content": "?"}]
+    state.user_turns.append(UserTurn(earlier))
+    (turn,) = respond_with_retries([state], stuck, UserLMBaseConfig(max_tries=16))
+    assert len(stuck.calls) == 2 and turn.metadata["tries"] == 2
+    assert turn.metadata["stopped_early"] and turn.metadata["guardrail_failed"] == "repeat"
+    # rejected texts that differ use the whole budget, and say nothing of stopping
+    (other,) = respond_with_retries(
+        [ConversationState(INTENTS[0], seed=1)], varied, UserLMBaseConfig(max_tries=16)
+    )
+    assert other.metadata["tries"] == 16 and "stopped_early" not in other.metadata
+
+
 # --- lazy loading and token choices -----------------------------------------------------------
 
 

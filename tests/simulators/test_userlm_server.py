@@ -78,8 +78,8 @@ def test_guardrails_hold_on_real_turns(
         assert not turn.ended and turn.text.strip()
         assert verdict == turn.metadata.get("guardrail_failed")  # accepted turns pass: None
         assert 1 <= turn.metadata["tries"] <= 4
-        if verdict is not None:
-            assert turn.metadata["tries"] == 4
+        if verdict is not None:  # every try spent, unless a try repeated a rejected text
+            assert turn.metadata["tries"] == 4 or turn.metadata.get("stopped_early")
     # only rejected rows were asked again: one request per try of each row
     assert simulator.client.stats.calls == sum(t.metadata["tries"] for t in turns)
 

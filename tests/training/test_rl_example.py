@@ -1,15 +1,29 @@
 """Tests of the REINFORCE example (experiments/rl_example.py): the reply mask, returns, that the
-loss holds the log-probabilities of generated reply tokens only, and a two-update CPU smoke run."""
+loss holds the log-probabilities of generated reply tokens only, the shaped reward, which layers
+train, and a three-update CPU run whose updates move and whose saved policy loads."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from experiments.rl_example import RLConfig, train
+from experiments.rl_example import (
+    HISTORY_FILE,
+    POLICY_DIR,
+    RLConfig,
+    ends_with_number,
+    formatted,
+    shape,
+    train,
+    trainable_parameters,
+)
+from userlm_env.models import EMBEDDED_MODEL, load_model
 from userlm_env.training.rl import policy_loss, reply_logprobs, reply_mask, returns_to_go
 
 STOP = 2
@@ -81,18 +95,47 @@ def test_loss_weighs_reply_logprobs_by_advantage(tiny_model: Any) -> None:
     assert all(torch.count_nonzero(g) == 0 for g in grads)  # zero advantage, zero update
 
 
+def test_shaping_rewards_complete_replies_that_end_with_a_number() -> None:
+    assert ends_with_number("So she has 42.") and ends_with_number("The answer: **1,600**")
+    assert not ends_with_number("She has 42 apples left.") and not ends_with_number("")
+    step = {
+        "texts": ["It is 7.", "It is 7.", "Tell me more?"],
+        "complete": [True, False, True],  # the second was cut by max_new_tokens
+    }
+    assert formatted(step) == [True, False, False]
+    config = RLConfig(complete_bonus=0.25, number_bonus=0.5, attempt_bonus=0.125)
+    shaped = shape(np.array([1.0, 0.0, 0.0]), step, np.array([True, True, False]), config)
+    assert shaped == [1.0 + 0.25 + 0.5 + 0.125, 0.125, 0.25]
+    bare = RLConfig(complete_bonus=0.0, number_bonus=0.0)
+    assert shape(np.zeros(3), step, np.ones(3, dtype=bool), bare) == [0.0, 0.0, 0.0]
+
+
+def test_only_the_last_layers_train(tiny_model: Any) -> None:
+    trained = trainable_parameters(tiny_model, train_layers=1)
+    names = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(("model.layers.1.", "model.norm.")) for n in names)
+    assert len(trained) == len(names) and not tiny_model.model.embed_tokens.weight.requires_grad
+    with pytest.raises(ValueError, match="train_layers"):
+        trainable_parameters(tiny_model, train_layers=3)
+    assert len(trainable_parameters(tiny_model, None)) == len(trained)  # None changes nothing
+
+
 @pytest.mark.slow
-def test_two_updates_on_cpu() -> None:
-    config = RLConfig(
-        num_envs=2,
-        max_replies=2,
-        updates=2,
-        steps_per_update=1,
-        max_new_tokens=8,
-        attempt_bonus=0.1,
-        device="cpu",
-    )
+def test_updates_move_the_policy_and_the_trained_policy_is_saved(tmp_path: Path) -> None:
+    config = RLConfig(updates=3, device="cpu", output_dir=str(tmp_path))
     history = train(config)
-    assert [record["update"] for record in history] == [0, 1]
-    for record in history:
-        assert 0.0 <= record["mean_reward"] <= 1.0 and math.isfinite(record["loss"])
+    assert [record["update"] for record in history] == [0, 1, 2]
+    assert all(math.isfinite(r["loss"]) and r["mean_reward"] >= 0.0 for r in history)
+    assert any(r["loss"] != 0.0 for r in history)  # issue 15: every loss used to be 0.0000
+    assert len({r["mean_shaped_reward"] for r in history}) > 1  # the shaped reward varies
+    lines = (tmp_path / HISTORY_FILE).read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == history
+    saved = load_model(str(tmp_path / POLICY_DIR), device="cpu")
+    original = load_model(EMBEDDED_MODEL, device="cpu").model
+    assert not torch.equal(_weight(saved.model, -1), _weight(original, -1))  # trained
+    assert torch.equal(_weight(saved.model, 0), _weight(original, 0))  # frozen (train_layers=4)
+    assert saved.tokenizer.eos_token_id == load_model(EMBEDDED_MODEL).tokenizer.eos_token_id
+
+
+def _weight(model: Any, layer: int) -> torch.Tensor:
+    return model.model.layers[layer].mlp.down_proj.weight.detach().float()

@@ -6,7 +6,10 @@ client (:class:`userlm_env.llm.LLMClient`, or anything with ``config.model`` and
 back and asks again (up to ``max_tries`` replies per instruction, on the generate-vet-retry loop
 of :mod:`userlm_env.resample`), and caches accepted shards in a
 :class:`~userlm_env.json_cache.JsonCache` keyed by model, task, instruction and prompt version
-(a corrupt or invalid entry is logged, counted and asked for again).
+(a corrupt or invalid entry is logged, counted and asked for again). Given
+``progress=ProgressSettings()``, :meth:`LLMSharder.shard_many` shows its progress as ``[shard]``
+(:mod:`userlm_env.progress`: instructions sharded of the total, cached ones counted as done
+before the run, failures and the client's spend).
 
 :func:`validate_shards` is pure: it parses the reply and checks that it has 3 to 10 shards with
 ids 1..n, that no shard repeats another (containment or high word overlap), that together they
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -26,7 +30,9 @@ from userlm_env.errors import DataError
 from userlm_env.json_cache import JsonCache, cache_key
 from userlm_env.llm import ChatClient
 from userlm_env.metrics.judge import parse_json_object
+from userlm_env.progress import Progress, ProgressSettings, client_spend
 from userlm_env.resample import Outcome, Verdict, resample
+from userlm_env.tasks import TASK_KINDS
 from userlm_env.types import Message, Shard
 
 __all__ = [
@@ -46,7 +52,7 @@ MIN_WORD_COVERAGE = 0.7
 MAX_OVERLAP = 0.6
 _MIN_SHARDS, _MAX_SHARDS = 3, 10
 
-_TASK_KINDS = {"gsm8k": "math", "math": "math", "humaneval": "code", "code": "code"}
+_TASK_KINDS = {**TASK_KINDS, "math": "math", "code": "code"}  # tasks, or kinds as such
 _NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 _WORD = re.compile(r"[a-z]+")
 _STOPWORDS = frozenset(
@@ -261,6 +267,8 @@ class LLMSharder:
         max_tries: Replies requested per instruction before giving up (>= 1).
         seed: Base sampling seed; try ``k`` uses ``seed + k`` (``None``: unseeded).
         params: Extra parameters for every ``chat_many`` call (``temperature``...).
+        progress: Show the progress of :meth:`shard_many` as ``[shard]`` with these settings
+            (``None``: silent, for library use).
     """
 
     def __init__(
@@ -271,6 +279,7 @@ class LLMSharder:
         *,
         seed: int | None = 0,
         params: Mapping[str, Any] | None = None,
+        progress: ProgressSettings | None = None,
     ) -> None:
         if max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {max_tries}")
@@ -280,6 +289,7 @@ class LLMSharder:
         self.max_tries = max_tries
         self.seed = seed
         self.params = dict(params or {})
+        self.progress = progress
 
     def shard(self, intent_text: str, task: str) -> tuple[Shard, ...]:
         """Shard one instruction of ``task`` (``"gsm8k"``/``"math"``, ``"humaneval"``/``"code"``).
@@ -312,11 +322,35 @@ class LLMSharder:
             for i, (text, task) in enumerate(pairs)
             if results[i] is None
         ]
-        outcomes = resample(rows, self._generate, self._vet, tries=self.max_tries)
+        with self._progress(len(pairs), done_before=len(pairs) - len(rows)) as progress:
+
+            def vet(row: _Pending, reply: Any) -> Verdict[tuple[Shard, ...]]:
+                verdict = self._vet(row, reply)
+                if progress is not None and verdict.value is not None:
+                    progress.advance()
+                return verdict
+
+            outcomes = resample(rows, self._generate, vet, tries=self.max_tries)
+            if progress is not None:
+                failed = sum(1 for outcome in outcomes if outcome.value is None)
+                progress.advance(failed, failed=failed)
         self._raise_failures(rows, outcomes)
         for row, outcome in zip(rows, outcomes, strict=True):
             results[row.index] = outcome.value
         return [r for r in results if r is not None]
+
+    def _progress(self, total: int, done_before: int) -> AbstractContextManager[Progress | None]:
+        """The ``[shard]`` progress of one :meth:`shard_many` call (nothing when it is off)."""
+        if self.progress is None:
+            return nullcontext()
+        return Progress(
+            total,
+            label="shard",
+            unit="instruction",
+            done_before=done_before,
+            spend=client_spend(self.client),
+            settings=self.progress,
+        )
 
     def _generate(self, rows: list[_Pending], attempt: int) -> Sequence[Any]:
         """One ``chat_many`` for the pending rows; try ``k`` uses seed ``seed + k``."""

@@ -8,6 +8,9 @@ A Lost-in-Conversation ("LiC") record is a JSON object::
      "prompt": "...", "test": "...", "entry_point": "...", "canonical_solution": "..."}
 
 Math records (``"task": "math"``) carry ``question`` and ``answer`` instead of the code keys.
+A LiC ``task`` is a kind (``math``, ``code``); the userlm-env task it becomes is ``gsm8k`` or
+``humaneval``, or the record's ``userlm_env_task`` when that names another task of the same
+kind (``"userlm_env_task": "gsm_symbolic"``, which writing adds for such intents).
 On reading, shard texts may sit under ``shard`` or ``shard_text``, required flags under
 ``required`` or ``is_required`` (default: required), and the instruction under
 ``fully_specified_prompt``, ``instruction``, ``question`` or ``prompt``. Writing uses the first
@@ -29,6 +32,7 @@ from typing import Any, Literal, overload
 
 from userlm_env.errors import DataError
 from userlm_env.intents.sharding import code_instruction
+from userlm_env.tasks import TASK_KINDS
 from userlm_env.types import Intent, Shard
 
 __all__ = [
@@ -39,9 +43,10 @@ __all__ = [
     "record_to_intent",
 ]
 
-#: LiC task names -> userlm-env task names (our own names are accepted on reading too).
+#: LiC task names (kinds) -> the userlm-env task a record of that kind becomes by default (our
+#: own task names are accepted on reading too; a record's ``userlm_env_task`` names another).
 LIC_TASKS: Mapping[str, str] = {"math": "gsm8k", "code": "humaneval"}
-_EXPORT_NAMES = {ours: theirs for theirs, ours in LIC_TASKS.items()}
+_TASK_KEY = "userlm_env_task"
 _ID_PREFIX = "sharded-"
 _EXTRA_KEY = "reference_extra"
 _MATH_KEYS = ("answer", "solution")
@@ -88,7 +93,7 @@ def record_to_intent(record: Any, where: str) -> Intent:
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     task = _task(record, where)
-    read_reference = _math_reference if task == "gsm8k" else _code_reference
+    read_reference = _math_reference if TASK_KINDS[task] == "math" else _code_reference
     reference = read_reference(record, where)
     return Intent(
         task=task,
@@ -121,13 +126,20 @@ def _text(record: Mapping[str, Any], key: str, where: str, *, required: bool = T
 
 
 def _task(record: Mapping[str, Any], where: str) -> str:
+    """The userlm-env task of ``record``: its LiC kind's default, or its ``userlm_env_task``."""
     name = _text(record, "task", where)
-    if name in LIC_TASKS:
-        return LIC_TASKS[name]
-    if name in _EXPORT_NAMES:
+    if name in TASK_KINDS:
         return name
-    known = ", ".join(sorted({*LIC_TASKS, *_EXPORT_NAMES}))
-    raise DataError(f"{where}: unsupported task {name!r} (supported: {known})")
+    if name not in LIC_TASKS:
+        known = ", ".join(sorted({*LIC_TASKS, *TASK_KINDS}))
+        raise DataError(f"{where}: unsupported task {name!r} (supported: {known})")
+    ours = _text(record, _TASK_KEY, where, required=False)
+    if ours is None:
+        return LIC_TASKS[name]
+    if TASK_KINDS.get(ours) != name:
+        same_kind = ", ".join(sorted(t for t, kind in TASK_KINDS.items() if kind == name))
+        raise DataError(f"{where}: {_TASK_KEY} {ours!r} is not a {name} task ({same_kind})")
+    return ours
 
 
 def _task_id(record: Mapping[str, Any], where: str) -> str:
@@ -200,13 +212,13 @@ def _instruction(
 ) -> str:
     """The fully specified instruction; code records without one get it built from the prompt."""
     keys = ["fully_specified_prompt", "instruction", "question"]
-    if task == "gsm8k":
+    if TASK_KINDS[task] == "math":
         keys.append("prompt")
     for key in keys:
         value = _text(record, key, where, required=False)
         if value is not None and value.strip():
             return value
-    if task == "humaneval":
+    if TASK_KINDS[task] == "code":
         return code_instruction(reference["prompt"], reference["entry_point"])
     raise DataError(f"{where}: no instruction (looked for {', '.join(keys)})")
 
@@ -228,20 +240,26 @@ def _shard_record(shard: Shard) -> dict[str, Any]:
 def intent_to_record(intent: Intent) -> dict[str, Any]:
     """The LiC record of ``intent`` (the inverse of :func:`record_to_intent`).
 
+    A task other than its kind's default (``gsm_symbolic``) is kept as ``userlm_env_task``.
+
     Raises:
-        DataError: the intent's task has no LiC name (only ``gsm8k`` and ``humaneval`` do).
+        DataError: the intent's task has no LiC kind (only those of
+            :data:`userlm_env.tasks.TASK_KINDS` have one).
     """
-    if intent.task not in _EXPORT_NAMES:
+    kind = TASK_KINDS.get(intent.task)
+    if kind is None:
         raise DataError(f"intent {intent.intent_id!r}: task {intent.task!r} cannot be exported")
     reference = dict(intent.reference)
-    known = _MATH_KEYS if intent.task == "gsm8k" else _CODE_KEYS
+    known = _MATH_KEYS if kind == "math" else _CODE_KEYS
     record: dict[str, Any] = {
         "task_id": _ID_PREFIX + intent.intent_id,
-        "task": _EXPORT_NAMES[intent.task],
+        "task": kind,
         "fully_specified_prompt": intent.instruction,
         "shards": [_shard_record(s) for s in intent.shards],
     }
-    if intent.task == "gsm8k":
+    if intent.task != LIC_TASKS[kind]:
+        record[_TASK_KEY] = intent.task
+    if kind == "math":
         record["question"] = intent.instruction
     record.update({key: reference.pop(key) for key in known if key in reference})
     if reference:

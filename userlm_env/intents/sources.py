@@ -132,11 +132,14 @@ def _json_object(line: str, where: str) -> Mapping[str, Any]:
 # --------------------------------------------------------------------------- GSM8k
 
 
-def math_intent(intent_id: str, question: str, reference: Mapping[str, Any]) -> Intent:
-    """A sharded ``gsm8k`` intent; answer-format sentences are removed from the instruction."""
+def math_intent(
+    intent_id: str, question: str, reference: Mapping[str, Any], task: str = "gsm8k"
+) -> Intent:
+    """A sharded math intent of ``task`` (``"gsm8k"``, ``"gsm_symbolic"``: both are scored by
+    the math scorer); answer-format sentences are removed from the instruction."""
     instruction = strip_stray_instructions(question)
     return Intent(
-        task="gsm8k",
+        task=task,
         intent_id=intent_id,
         instruction=instruction,
         shards=shard_math(instruction),
@@ -222,8 +225,9 @@ def load_gsm8k(
 def load_gsm_symbolic(n: int = 50, seed: int = 0) -> list[Intent]:
     """``n`` GSM-Symbolic problems generated offline by ``reasoning-gym``, sharded.
 
-    Ids are ``gsm_symbolic/<seed>-<i>``; the trailing answer-format sentences ("Give the
-    result as your final answer. Do not include units.") are removed from the instruction;
+    Their task is ``"gsm_symbolic"`` (scored like ``"gsm8k"``, named apart from it in every
+    table). Ids are ``gsm_symbolic/<seed>-<i>``; the trailing answer-format sentences ("Give
+    the result as your final answer. Do not include units.") are removed from the instruction;
     ``reference`` holds ``answer`` and, when provided, the worked ``solution``.
 
     Raises:
@@ -250,7 +254,8 @@ def _symbolic_intent(seed: int, index: int, entry: Mapping[str, Any]) -> Intent:
     solution = (entry.get("metadata") or {}).get("answer_cot")
     if isinstance(solution, str) and solution.strip():
         reference["solution"] = solution
-    return math_intent(f"gsm_symbolic/{seed}-{index}", _string(entry, "question", where), reference)
+    question = _string(entry, "question", where)
+    return math_intent(f"gsm_symbolic/{seed}-{index}", question, reference, task="gsm_symbolic")
 
 
 # --------------------------------------------------------------------------- Lost in Conversation

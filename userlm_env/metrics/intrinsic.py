@@ -17,20 +17,24 @@ Metric math (pure functions, hand-checkable):
 
 Running a simulator on such data (:func:`run_intrinsic`) builds
 :class:`~userlm_env.types.ConversationState` prefixes and asks the simulator for the next user
-turn, in batches. Its data records (:class:`Conversation`, :class:`MCQItem`,
-:class:`OpenQuestion`) live in :mod:`userlm_env.metrics.intrinsic_data` and are re-exported
-here.
+turn, in batches; given ``progress=ProgressSettings()`` it shows its progress as
+``[intrinsic]`` (:mod:`userlm_env.progress`: items done of the total, where an item is one user
+turn asked of the simulator or one judge verdict, and the judge client's spend). Its data records
+(:class:`Conversation`, :class:`MCQItem`, :class:`OpenQuestion`) live in
+:mod:`userlm_env.metrics.intrinsic_data` and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Protocol, runtime_checkable
 
 from userlm_env.errors import DataError
+from userlm_env.estimate import CallBudget, client_budget
 from userlm_env.json_cache import JsonCache, cache_key
 from userlm_env.metrics.diversity import jaccard as set_jaccard
 from userlm_env.metrics.diversity import mean_pairwise_jaccard
@@ -44,6 +48,7 @@ from userlm_env.metrics.intrinsic_data import (
 )
 from userlm_env.metrics.judge import ChatClient, ask_json
 from userlm_env.metrics.text import content_set, lemma, tokens, unigrams, word_count
+from userlm_env.progress import Progress, ProgressSettings, client_spend
 from userlm_env.types import ConversationState, Intent, Message, Shard, UserTurn
 
 __all__ = [
@@ -206,6 +211,15 @@ class IntentAdherenceJudge:
         self.client, self.max_tries = client, max_tries
         self.cache = JsonCache(cache_dir)
 
+    def call_budget(self) -> CallBudget:
+        """Up to ``max_tries`` requests per item (cache hits counted as calls), through the
+        client (:func:`userlm_env.estimate.estimate_judging`)."""
+        return client_budget(self.client.config, calls_per_turn=self.max_tries)
+
+    def prompt_texts(self, item: tuple[str, str, str]) -> list[str]:
+        """The messages of the first prompt about ``item`` (later tries append to it)."""
+        return [message["content"] for message in self._messages(*item)]
+
     def judge(self, items: Sequence[tuple[str, str, str]]) -> list[bool]:
         """For each ``(question, assistant reply, next user turn)``: did the user adhere?"""
         keys = [cache_key("adherence", "1", self.client.config.model, *item) for item in items]
@@ -280,8 +294,10 @@ def next_user_turns(
     *,
     seed: int = 0,
     batch_size: int = 16,
+    progress: Progress | None = None,
 ) -> list[UserTurn]:
-    """The simulator's next user turn for each ``(id, intent, prefix)``, in batches."""
+    """The simulator's next user turn for each ``(id, intent, prefix)``, in batches
+    (``progress`` advances by each batch's size)."""
     turns: list[UserTurn] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -293,6 +309,8 @@ def next_user_turns(
         if len(produced) != len(states):
             raise RuntimeError(f"simulator returned {len(produced)} turns for {len(states)}")
         turns.extend(produced)
+        if progress is not None:
+            progress.advance(len(produced))
     return turns
 
 
@@ -305,16 +323,21 @@ def run_intrinsic(
     first_turns_per_intent: int = 1,
     seed: int = 0,
     batch_size: int = 16,
+    progress: ProgressSettings | None = None,
 ) -> dict[str, Any]:
     """Every intrinsic metric the data allows; missing data or judges give ``None``.
 
     First turns are generated ``first_turns_per_intent`` times from each conversation's intent;
     intent decomposition reads every generated user turn (first turns and the turns produced
-    after each real assistant reply) against its intent.
+    after each real assistant reply) against its intent. ``progress`` shows the run's progress
+    as ``[intrinsic]`` with these settings (``None``: silent).
     """
-    run = _Runner(simulator, seed, batch_size)
-    firsts = run.first_turns(data.conversations, first_turns_per_intent)
-    later, termination = run.termination(data.conversations)
+    with _progress(progress, data, judge, first_turns_per_intent) as shown:
+        run = _Runner(simulator, seed, batch_size, shown)
+        firsts = run.first_turns(data.conversations, first_turns_per_intent)
+        later, termination = run.termination(data.conversations)
+        role = run.role_adherence(data.mcq)
+        intent = run.intent_adherence(data.questions, judge)
     diversity = first_turn_diversity([text for text, _ in firsts]) if firsts else {}
     return {
         "first_turn_diversity": diversity.get("jaccard_diversity"),
@@ -323,11 +346,31 @@ def run_intrinsic(
         "termination_precision": termination.get("precision"),
         "termination_recall": termination.get("recall"),
         "termination_f1": termination.get("f1"),
-        "role_adherence": run.role_adherence(data.mcq),
-        "intent_adherence": run.intent_adherence(data.questions, judge),
+        "role_adherence": role,
+        "intent_adherence": intent,
         "naturalness": naturalness([text for text, _ in firsts], detector),
         "first_turns": len(firsts),
     }
+
+
+def _progress(
+    settings: ProgressSettings | None,
+    data: IntrinsicData,
+    judge: IntentAdherenceJudge | None,
+    per_intent: int,
+) -> AbstractContextManager[Progress | None]:
+    """The ``[intrinsic]`` progress of one run: every simulator turn and judge verdict."""
+    if settings is None:
+        return nullcontext()
+    turns = len(data.conversations) * per_intent + len(termination_items(data.conversations))
+    judged = len(data.questions) if judge is not None else 0
+    return Progress(
+        turns + len(data.mcq) + 2 * judged,  # a judged question: one turn and one verdict
+        label="intrinsic",
+        unit="item",
+        spend=client_spend(judge.client) if judge is not None else None,
+        settings=settings,
+    )
 
 
 Prompt = tuple[str, str, Sequence[Message]]  # (id, intent, conversation prefix)
@@ -340,9 +383,16 @@ class _Runner:
     simulator: Any
     seed: int
     batch_size: int
+    progress: Progress | None = None
 
     def ask(self, prompts: Sequence[Prompt]) -> list[UserTurn]:
-        return next_user_turns(self.simulator, prompts, seed=self.seed, batch_size=self.batch_size)
+        return next_user_turns(
+            self.simulator,
+            prompts,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
 
     def first_turns(
         self, conversations: Sequence[Conversation], per_intent: int
@@ -383,7 +433,10 @@ class _Runner:
             ]
         )
         items = [(q.question, r, t.text) for q, r, t in zip(questions, replies, turns, strict=True)]
-        return fmean(map(float, judge.judge(items)))
+        verdicts = judge.judge(items)
+        if self.progress is not None:
+            self.progress.advance(len(verdicts))
+        return fmean(map(float, verdicts))
 
 
 def _ask_intent(question: str) -> str:

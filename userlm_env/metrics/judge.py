@@ -23,7 +23,13 @@ from userlm_env.llm import ChatClient
 from userlm_env.resample import Outcome, Verdict, resample
 from userlm_env.types import Message
 
-__all__ = ["ChatClient", "ask_json", "parse_json_object"]
+__all__ = [
+    "MAX_FEEDBACK_ERROR_BYTES",
+    "ChatClient",
+    "ask_json",
+    "feedback_message",
+    "parse_json_object",
+]
 
 T = TypeVar("T")
 
@@ -121,14 +127,24 @@ def _vet(
     try:
         return Verdict.accept(_Valid(validate(row.index, parse_json_object(text))))
     except DataError as error:
-        row.conversation += [
-            Message(role="assistant", content=text),
-            Message(
-                role="user",
-                content=f"That reply is invalid: {error}. Answer again with the JSON object only.",
-            ),
-        ]
+        row.conversation += [Message(role="assistant", content=text), feedback_message(str(error))]
         return Verdict.reject(str(error))
+
+
+#: UTF-8 bytes of a validation error quoted back to the model (the rest is cut), so that a
+#: retry's prompt stays bounded: a byte-level tokenizer makes at most one token of each byte
+#: (:func:`userlm_env.estimate.estimate_judging`).
+MAX_FEEDBACK_ERROR_BYTES = 300
+
+
+def feedback_message(error: str) -> Message:
+    """The message that asks the model again after an invalid reply, quoting ``error``
+    (cut to :data:`MAX_FEEDBACK_ERROR_BYTES` bytes)."""
+    quoted = error.encode()[:MAX_FEEDBACK_ERROR_BYTES].decode(errors="ignore")
+    return Message(
+        role="user",
+        content=f"That reply is invalid: {quoted}. Answer again with the JSON object only.",
+    )
 
 
 def _values(outcomes: Sequence[Outcome[_Valid[T]]], model: str, max_tries: int) -> list[T]:

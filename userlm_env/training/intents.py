@@ -9,7 +9,10 @@ is trained and prompted with. The LLM sees a short instruction, three hand-writt
 :meth:`userlm_env.llm.LLMClient.chat_many` in batches (concurrent within a batch). Every answer is
 appended to a JSONL cache as soon as its batch returns, keyed by the prompt version, the model and
 the conversation text, so an interrupted run resumes where it stopped and a repeated run makes no
-call. Conversations that already carry an intent are left alone.
+call. Conversations that already carry an intent are left alone. Given
+``progress=ProgressSettings()`` it shows its progress as ``[intents]``
+(:mod:`userlm_env.progress`: conversations with an intent of the total, preset and cached ones
+counted as done before the run, failed requests and the client's spend), after every batch.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from userlm_env.errors import LLMCallError
+from userlm_env.progress import Progress, ProgressSettings, client_spend
 from userlm_env.training.data import Conversation, with_intent
 from userlm_env.types import Message
 
@@ -252,7 +257,12 @@ def cache_key(conversation: Conversation, model: str, config: IntentConfig) -> s
 
 
 def generate_intents(
-    conversations: Sequence[Conversation], client: Any, config: IntentConfig | None = None
+    conversations: Sequence[Conversation],
+    client: Any,
+    config: IntentConfig | None = None,
+    *,
+    progress: ProgressSettings | None = None,
+    progress_unit: str = "conversation",
 ) -> tuple[list[Conversation], IntentReport]:
     """Give every conversation an intent: kept, cached, or generated (see module doc).
 
@@ -260,6 +270,8 @@ def generate_intents(
         conversations: The conversations, in order; returned in the same order.
         client: An :class:`~userlm_env.llm.LLMClient`.
         config: Batch size, prompt limits, sampling and the cache file.
+        progress: Show the progress as ``[intents]`` with these settings (``None``: silent).
+        progress_unit: What the progress counts, singular (e.g. ``"train conversation"``).
 
     Raises:
         LLMCallError: Some requests failed or came back empty and ``skip_failed`` is false;
@@ -276,13 +288,34 @@ def generate_intents(
             result[index], cached = with_intent(result[index], intent), cached + 1
     todo = [i for i in keys if result[i].intent is None]
     failed: list[str] = []
-    for start in range(0, len(todo), config.batch_size):
-        batch = todo[start : start + config.batch_size]
-        failed += _run_batch(batch, result, keys, client, cache, config)
+    shown = _progress(progress, len(result), len(result) - len(todo), progress_unit, client)
+    with shown as bar:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            batch_failed = _run_batch(batch, result, keys, client, cache, config)
+            failed += batch_failed
+            if bar is not None:
+                bar.advance(len(batch), failed=len(batch_failed))
     report = IntentReport(len(result) - len(keys), cached, len(todo) - len(failed), tuple(failed))
     if failed and not config.skip_failed:
         raise LLMCallError(f"no intent for {len(failed)} conversations: {failed[:10]}")
     return result, report
+
+
+def _progress(
+    settings: ProgressSettings | None, total: int, done_before: int, unit: str, client: Any
+) -> AbstractContextManager[Progress | None]:
+    """The ``[intents]`` progress of one :func:`generate_intents` call (nothing when off)."""
+    if settings is None:
+        return nullcontext()
+    return Progress(
+        total,
+        label="intents",
+        unit=unit,
+        done_before=done_before,
+        spend=client_spend(client),
+        settings=settings,
+    )
 
 
 def _run_batch(
