@@ -59,7 +59,11 @@ def make_judge(args: argparse.Namespace) -> IntentAdherenceJudge | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.intrinsic",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--simulator", default="sharded", help="a registered simulator name")
     parser.add_argument("--simulator-kwargs", default="{}", help="JSON keyword arguments")
     for kind in _KINDS:
