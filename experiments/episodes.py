@@ -337,11 +337,12 @@ def _stop(status: int | str | None) -> None:
 
 
 def _job_label(config_name: str) -> str:
-    """The progress label: the script's name, and the job number in a sweep."""
+    """The progress label: the job's name (``simulate``, ``score``), and its number in a sweep."""
     hydra_cfg = HydraConfig.get()
+    name = hydra_cfg.job.name or config_name
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        return f"{config_name} job {hydra_cfg.job.num}"
-    return config_name
+        return f"{name} job {hydra_cfg.job.num}"
+    return name
 
 
 def _print_cap_verdict(estimate: RunEstimate, cap: float | None) -> None:
