@@ -33,7 +33,8 @@ from tests.fault_server import Reply, running_fault_server, server_error
 from tests.test_score import _records, _run
 from userlm_env.errors import LLMCallError, ModelUnavailableError
 from userlm_env.llm import LLMClient, LLMConfig
-from userlm_env.preflight import PreflightError, check_local_model, preflight
+from userlm_env.models import check_available as check_local_model
+from userlm_env.preflight import PreflightError, preflight
 from userlm_env.retry import is_auth_error, is_retryable
 
 HELLO = [{"role": "user", "content": "hello"}]

@@ -63,6 +63,7 @@ __all__ = [
     "EmbeddedGGUF",
     "LoadedModel",
     "ModelLRU",
+    "check_available",
     "embedded_gguf_path",
     "load_model",
     "load_tokenizer",
@@ -452,3 +453,62 @@ def _convert_gguf(gguf: Path) -> tuple[Any, Any]:
     if quantizer is not None:  # weights are dense now; drop the marker that blocks saving
         quantizer.remove_quantization_config(model)
     return tokenizer, model
+
+
+def check_available(name: str, *, tokenizer_only: bool = False) -> None:
+    """Check, without loading anything, that :func:`userlm_env.models.load_model` (or
+    ``load_tokenizer`` with ``tokenizer_only``) can find ``name``.
+
+    An embedded name needs its package's GGUF file; a ``.gguf`` path must be a file; a
+    directory must hold a checkpoint (``config.json`` or a LoRA ``adapter_config.json``; a
+    tokenizer: ``tokenizer_config.json`` or ``tokenizer.json``); a hub id must be in the local
+    Hugging Face cache when the hub is offline (online, the load may download it).
+
+    Raises:
+        ModelUnavailableError: Naming what is missing and the alternatives.
+    """
+    if name in EMBEDDED_MODELS:
+        embedded_gguf_path(name)
+        return
+    what = "tokenizer" if tokenizer_only else "model"
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return
+    if path.is_dir():
+        markers = _TOKENIZER_FILES if tokenizer_only else _CHECKPOINT_FILES
+        if any((path / marker).is_file() for marker in markers):
+            return
+        raise ModelUnavailableError(
+            f"the folder {str(path)!r} holds no {what} (no {' or '.join(markers)}); "
+            + _OFFLINE_ALTERNATIVES
+        )
+    if _looks_like_path(name):
+        raise ModelUnavailableError(
+            f"there is no {what} at the path {name!r}; " + _OFFLINE_ALTERNATIVES
+        )
+    if _in_hub_cache(name, _TOKENIZER_FILES[0] if tokenizer_only else _CHECKPOINT_FILES[0]):
+        return
+    if is_offline_mode():
+        raise ModelUnavailableError(
+            f"{name!r} is not in the local Hugging Face cache and the hub is offline "
+            "(HF_HUB_OFFLINE=1); "
+            + _OFFLINE_ALTERNATIVES
+            + ", or unset HF_HUB_OFFLINE to download it"
+        )
+
+
+_CHECKPOINT_FILES = ("config.json", "adapter_config.json")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+_OFFLINE_ALTERNATIVES = (
+    f"use {EMBEDDED_MODEL!r} (embedded), a local checkpoint folder or .gguf file, or a hub id "
+    "in the local cache"
+)
+
+
+def _in_hub_cache(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except ValueError:  # not a valid repo id: nothing by that name can be cached
+        return False

@@ -14,7 +14,7 @@ assistant and the simulator, keyed by their config group), cheapest first, and r
    ``model_name`` string) and the tokenizer a server-backed component renders prompts with (a
    ``tokenizer_name`` string) must resolve the way :func:`userlm_env.models.load_model`
    resolves names: the embedded model is installed, a path exists, a hub id is in the local
-   Hugging Face cache when the hub is offline (:func:`check_local_model`).
+   Hugging Face cache when the hub is offline (:func:`userlm_env.models.check_available`).
 3. **Endpoints** (one request each): every distinct ``api_base`` gets one ``GET
    {api_base}/models`` (llama.cpp's server and vLLM answer it) with a short timeout and no
    retry. No answer (connection refused, unknown host, timeout) fails; HTTP 401/403 fails for
@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from userlm_env.errors import ModelUnavailableError, UserLMEnvError
@@ -42,14 +41,13 @@ from userlm_env.llm_transport import (
     provider_of,
     resolve_api_key,
 )
-from userlm_env.models import EMBEDDED_MODEL, EMBEDDED_MODELS, embedded_gguf_path
+from userlm_env.models import check_available
 from userlm_env.spend import llm_clients
 
 __all__ = [
     "PROBE_TIMEOUT_S",
     "REQUIRED_EXAMPLES",
     "PreflightError",
-    "check_local_model",
     "check_required",
     "local_models",
     "preflight",
@@ -172,73 +170,11 @@ def local_models(component: object) -> list[tuple[str, str]]:
 
 def _check_local(role: str, setting: str, name: str) -> None:
     try:
-        check_local_model(name, tokenizer_only=setting == "tokenizer")
+        check_available(name, tokenizer_only=setting == "tokenizer")
     except ModelUnavailableError as error:
         raise PreflightError(
             f"the {role} {setting} ({role}.{setting}={name}) is not available: {error}"
         ) from error
-
-
-def check_local_model(name: str, *, tokenizer_only: bool = False) -> None:
-    """Check, without loading anything, that :func:`userlm_env.models.load_model` (or
-    ``load_tokenizer`` with ``tokenizer_only``) can find ``name``.
-
-    An embedded name needs its package's GGUF file; a ``.gguf`` path must be a file; a
-    directory must hold a checkpoint (``config.json`` or a LoRA ``adapter_config.json``; a
-    tokenizer: ``tokenizer_config.json`` or ``tokenizer.json``); a hub id must be in the local
-    Hugging Face cache when the hub is offline (online, the load may download it).
-
-    Raises:
-        ModelUnavailableError: Naming what is missing and the alternatives.
-    """
-    if name in EMBEDDED_MODELS:
-        embedded_gguf_path(name)
-        return
-    what = "tokenizer" if tokenizer_only else "model"
-    path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return
-    if path.is_dir():
-        markers = _TOKENIZER_FILES if tokenizer_only else _MODEL_FILES
-        if any((path / marker).is_file() for marker in markers):
-            return
-        raise ModelUnavailableError(
-            f"the folder {str(path)!r} holds no {what} (no {' or '.join(markers)}); "
-            + _ALTERNATIVES
-        )
-    if _looks_like_path(name):
-        raise ModelUnavailableError(f"there is no {what} at the path {name!r}; " + _ALTERNATIVES)
-    if _in_hub_cache(name, _TOKENIZER_FILES[0] if tokenizer_only else _MODEL_FILES[0]):
-        return
-    from huggingface_hub.constants import is_offline_mode
-
-    if is_offline_mode():
-        raise ModelUnavailableError(
-            f"{name!r} is not in the local Hugging Face cache and the hub is offline "
-            "(HF_HUB_OFFLINE=1); " + _ALTERNATIVES + ", or unset HF_HUB_OFFLINE to download it"
-        )
-
-
-_MODEL_FILES = ("config.json", "adapter_config.json")
-_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
-_ALTERNATIVES = (
-    f"use {EMBEDDED_MODEL!r} (embedded), a local checkpoint folder or .gguf file, or a hub id "
-    "in the local cache"
-)
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name :func:`userlm_env.models.load_model` reads as a path, never as a hub id."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".gguf")
-
-
-def _in_hub_cache(repo_id: str, filename: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, filename), str)
-    except ValueError:  # not a valid repo id: nothing by that name can be cached
-        return False
 
 
 def _endpoints(components: Mapping[str, object]) -> Iterator[_Endpoint]:
